@@ -291,6 +291,13 @@ def generate_platform_with_truth(
     people = _Users.draw(config, knobs, rng, span, catalogue)
     events, counts = _simulate(config, knobs, rng, span, catalogue, people)
     drawn = time.perf_counter()
+    if len(events["time"]) < 0.95 * config.num_events:
+        logger.warning(
+            "synthetic: only %d of %d events could be placed without repeat watches or watches "
+            "before upload; raise synthetic.num_videos or lower synthetic.num_events",
+            len(events["time"]),
+            config.num_events,
+        )
 
     user_ids = people.user_ids
     video_ids = catalogue.video_ids
