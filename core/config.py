@@ -67,20 +67,49 @@ class SyntheticConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Inputs shared by both models (`core.features`).
+
+    Attributes:
+        history_length: Most recent watches a model reads.
+        max_categories: Categories kept per video.
+        max_tokens: Title and tag tokens kept per video.
+        token_hash_buckets: Hash buckets for title and tag tokens.
+        use_content_features: Feed categories, tokens, year or upload time, duration and creator
+            to the video tower beside the id, so unwatched videos get useful embeddings.
+        use_user_features: Feed the users table's attributes to the user tower.
+        use_user_id: Add a user-id embedding (with an OOV row) to the user tower.
+    """
+
+    history_length: int = 50
+    max_categories: int = 4
+    max_tokens: int = 16
+    token_hash_buckets: int = 20_000
+    use_content_features: bool = True
+    use_user_features: bool = True
+    use_user_id: bool = False
+
+    def __post_init__(self) -> None:
+        f = "features"
+        require(
+            self.history_length >= 1, f"{f}.history_length", f"must be >= 1, got {self.history_length}"
+        )
+        require(self.max_categories >= 1, f"{f}.max_categories", "must be >= 1")
+        require(self.max_tokens >= 1, f"{f}.max_tokens", "must be >= 1")
+        require(self.token_hash_buckets >= 1, f"{f}.token_hash_buckets", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class RetrievalConfig:
     """Two-tower retrieval model and its training (`retrieval`).
 
     Attributes:
         embedding_dim: Output dimension of both towers (the index dimension).
-        history_length: Most recent watches the user tower reads.
         num_blocks: Causal self-attention blocks in the history encoder.
         num_heads: Attention heads per block.
         dropout: Dropout rate inside the towers.
-        use_user_id: Add a user-id embedding (with an OOV row) to the query.
-        use_user_features: Add embeddings of the users table's attributes to the query.
-        use_content_features: Give the video tower categories, title tokens, tags, year or
-            upload age, duration and creator beside the id embedding.
-        title_hash_buckets: Hash buckets for title and tag tokens.
+        id_dropout: Training-time probability of hiding a video's id from the video tower, so
+            its content path learns to embed videos nobody has watched yet.
         temperature: Softmax temperature on cosine similarities.
         logq_correction: Subtract log sampling probability (item frequency) from in-batch logits.
         remove_accidental_hits: Do not treat another example's positive as a negative when it is
@@ -97,14 +126,10 @@ class RetrievalConfig:
     """
 
     embedding_dim: int = 64
-    history_length: int = 50
     num_blocks: int = 2
     num_heads: int = 2
     dropout: float = 0.2
-    use_user_id: bool = False
-    use_user_features: bool = True
-    use_content_features: bool = True
-    title_hash_buckets: int = 20_000
+    id_dropout: float = 0.1
     temperature: float = 0.05
     logq_correction: bool = True
     remove_accidental_hits: bool = True
@@ -125,10 +150,9 @@ class RetrievalConfig:
             f"{f}.num_heads",
             f"must be >= 1 and divide embedding_dim={self.embedding_dim}, got {self.num_heads}",
         )
-        require(self.history_length >= 1, f"{f}.history_length", f"must be >= 1, got {self.history_length}")
         require(self.num_blocks >= 1, f"{f}.num_blocks", f"must be >= 1, got {self.num_blocks}")
         require(0.0 <= self.dropout < 1.0, f"{f}.dropout", f"must be in [0, 1), got {self.dropout}")
-        require(self.title_hash_buckets >= 1, f"{f}.title_hash_buckets", "must be >= 1")
+        require(0.0 <= self.id_dropout < 1.0, f"{f}.id_dropout", f"must be in [0, 1), got {self.id_dropout}")
         require(self.temperature > 0.0, f"{f}.temperature", f"must be > 0, got {self.temperature}")
         require(self.extra_negatives >= 0, f"{f}.extra_negatives", "must be >= 0")
         require(self.batch_size >= 2, f"{f}.batch_size", f"must be >= 2, got {self.batch_size}")
@@ -165,11 +189,147 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    """Candidate index over the video embeddings (`index`).
+
+    The kind and every search parameter come from here; `index` hard-codes none of them.
+
+    Attributes:
+        kind: ``"auto"`` picks by catalogue size and memory budget; ``"flat"`` (exact),
+            ``"hnsw"`` or ``"ivf_hnsw_pq"`` (IVF with an HNSW coarse quantizer, 4-bit fast-scan
+            PQ and a refine stage) force one.
+        flat_max_videos: ``auto`` uses exact search up to this many videos.
+        hnsw_max_videos: ``auto`` uses HNSW up to this many videos (if it fits the budget),
+            IVF-PQ beyond.
+        memory_budget_mb: Upper bound on the index's estimated resident size; ``auto`` falls back
+            to IVF-PQ when HNSW would not fit, and a build whose kind cannot fit fails.
+        normalize: L2-normalise embeddings and queries so inner product is cosine similarity.
+        hnsw_m: Graph degree of HNSW (``HNSW<m>``).
+        hnsw_ef_construction: Candidate-list size while inserting into HNSW.
+        hnsw_ef_search: efSearch values tried, smallest first, when tuning HNSW.
+        ivf_nlist: Inverted lists of IVF; 0 derives it as ``ivf_nlist_per_sqrt * sqrt(n)``
+            (capped so that every list gets ``ivf_min_points_per_list`` training points).
+        ivf_nlist_per_sqrt: Factor of the derived nlist.
+        ivf_min_points_per_list: Fewest vectors per list the derived nlist allows.
+        ivf_train_points_per_list: Training sample size per list for k-means and PQ.
+        ivf_quantizer_hnsw_m: Graph degree of the HNSW coarse quantizer over the centroids.
+        ivf_quantizer_ef_factor: Coarse quantizer efSearch as a multiple of nprobe.
+        ivf_nprobe: nprobe values tried, smallest first, when tuning IVF.
+        pq_m: PQ sub-quantizers; 0 means one per dimension. Must divide the embedding dim.
+        pq_nbits: Bits per PQ code; fast-scan PQ supports 4 only.
+        refine: Re-ranking stage of IVF-PQ: ``"flat"`` (exact float vectors), ``"sq8"``,
+            ``"fp16"`` or ``"none"``.
+        refine_k_factor: k_factor values (candidates re-ranked per result) tried when tuning.
+        target_recall: Recall@``recall_k`` against exact search the tuned index must reach on
+            held-out queries; a build that cannot reach it fails.
+        recall_k: K of the tuned recall@K.
+        tuning_queries: Held-out queries used for tuning (sampled down to this many).
+        latency_queries: Single queries timed for the p50/p99 in the report.
+        single_query_threads: OpenMP threads of a one-query search (1: request threads do not
+            fight over cores).
+        search_threads: OpenMP threads of a batch search; 0 means all cores.
+        build_threads: OpenMP threads while training and adding; 0 means all cores.
+        add_batch_size: Vectors added per chunk (one progress log line per chunk).
+        seed: Seed of training samples, query sampling and HNSW levels.
+    """
+
+    kind: str = "auto"
+    flat_max_videos: int = 20_000
+    hnsw_max_videos: int = 3_000_000
+    memory_budget_mb: int = 2_048
+    normalize: bool = True
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: tuple[int, ...] = (16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+    ivf_nlist: int = 0
+    ivf_nlist_per_sqrt: float = 4.0
+    ivf_min_points_per_list: int = 39
+    ivf_train_points_per_list: int = 64
+    ivf_quantizer_hnsw_m: int = 32
+    ivf_quantizer_ef_factor: float = 2.0
+    ivf_nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    pq_m: int = 0
+    pq_nbits: int = 4
+    refine: str = "flat"
+    refine_k_factor: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    target_recall: float = 0.95
+    recall_k: int = 100
+    tuning_queries: int = 1_000
+    latency_queries: int = 300
+    single_query_threads: int = 1
+    search_threads: int = 0
+    build_threads: int = 0
+    add_batch_size: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        f = "index"
+        kinds = ("auto", "flat", "hnsw", "ivf_hnsw_pq")
+        require(self.kind in kinds, f"{f}.kind", f"must be one of {list(kinds)}, got {self.kind!r}")
+        require(self.flat_max_videos >= 0, f"{f}.flat_max_videos", "must be >= 0")
+        require(
+            self.hnsw_max_videos >= self.flat_max_videos,
+            f"{f}.hnsw_max_videos",
+            f"must be >= flat_max_videos={self.flat_max_videos}, got {self.hnsw_max_videos}",
+        )
+        require(self.memory_budget_mb > 0, f"{f}.memory_budget_mb", "must be > 0")
+        require(2 <= self.hnsw_m <= 256, f"{f}.hnsw_m", f"must be in [2, 256], got {self.hnsw_m}")
+        require(self.hnsw_ef_construction >= 1, f"{f}.hnsw_ef_construction", "must be >= 1")
+        for name in ("hnsw_ef_search", "ivf_nprobe"):
+            values = getattr(self, name)
+            require(
+                bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                     for v in values),
+                f"{f}.{name}",
+                f"must be a non-empty list of ints >= 1, got {values!r}",
+            )
+        require(self.ivf_nlist >= 0, f"{f}.ivf_nlist", "must be >= 0 (0 derives it from the size)")
+        require(self.ivf_nlist_per_sqrt > 0, f"{f}.ivf_nlist_per_sqrt", "must be > 0")
+        require(self.ivf_min_points_per_list >= 1, f"{f}.ivf_min_points_per_list", "must be >= 1")
+        require(
+            self.ivf_train_points_per_list >= self.ivf_min_points_per_list,
+            f"{f}.ivf_train_points_per_list",
+            f"must be >= ivf_min_points_per_list={self.ivf_min_points_per_list}",
+        )
+        require(self.ivf_quantizer_hnsw_m >= 2, f"{f}.ivf_quantizer_hnsw_m", "must be >= 2")
+        require(self.ivf_quantizer_ef_factor >= 1.0, f"{f}.ivf_quantizer_ef_factor", "must be >= 1")
+        require(self.pq_m >= 0, f"{f}.pq_m", "must be >= 0 (0 means one per dimension)")
+        require(
+            self.pq_nbits == 4,
+            f"{f}.pq_nbits",
+            f"fast-scan PQ codes are 4-bit; must be 4, got {self.pq_nbits}",
+        )
+        refines = ("flat", "sq8", "fp16", "none")
+        require(
+            self.refine in refines, f"{f}.refine", f"must be one of {list(refines)}, got {self.refine!r}"
+        )
+        require(
+            bool(self.refine_k_factor) and all(float(v) >= 1.0 for v in self.refine_k_factor),
+            f"{f}.refine_k_factor",
+            f"must be a non-empty list of numbers >= 1, got {self.refine_k_factor!r}",
+        )
+        require(
+            0.0 < self.target_recall <= 1.0,
+            f"{f}.target_recall",
+            f"must be in (0, 1], got {self.target_recall}",
+        )
+        require(self.recall_k >= 1, f"{f}.recall_k", f"must be >= 1, got {self.recall_k}")
+        require(self.tuning_queries >= 1, f"{f}.tuning_queries", "must be >= 1")
+        require(self.latency_queries >= 1, f"{f}.latency_queries", "must be >= 1")
+        require(self.single_query_threads >= 1, f"{f}.single_query_threads", "must be >= 1")
+        require(self.search_threads >= 0, f"{f}.search_threads", "must be >= 0 (0: all cores)")
+        require(self.build_threads >= 0, f"{f}.build_threads", "must be >= 0 (0: all cores)")
+        require(self.add_batch_size >= 1, f"{f}.add_batch_size", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class VidrecConfig:
     """All sections together; this is what a bundle's ``config.json`` holds."""
 
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
