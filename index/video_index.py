@@ -1,11 +1,15 @@
 """`VideoIndex`: the candidate index over video embeddings (numpy in, numpy out).
 
 Vectors live in a Faiss index at internal *positions* ``0..P-1``; an ``int64`` table maps each
-position to its video id (``-1`` once the video is removed). Removal is physical where Faiss can
-delete without renumbering surprises (exact and IVF indexes) and a tombstone otherwise (HNSW): a
-tombstoned position is filtered inside the search through an `faiss.IDSelectorBitmap`, and every
-result goes through the id table, so a removed video is never returned. Re-adding an id replaces
-its vector (the old position is dropped first). A later rebuild compacts tombstones.
+position to its video id (``-1`` once the video is removed). Removal is physical for the exact
+index (`faiss.IndexFlat.remove_ids`, then the table is compacted the same way) and a tombstone
+for HNSW (a graph cannot delete) and IVF-PQ: Faiss 1.15.1's fast-scan inverted lists do support
+``remove_ids``, but a vector added afterwards to a list that had a removal is corrupted and never
+found again (``IVF1,PQ8x4fs``: remove every third id, add one vector, search for it -> missing;
+the same steps with ``IVF1,PQ8`` find it). A tombstoned position is filtered inside the search by
+an `faiss.IDSelectorBitmap`, and every result goes through the id table, so a removed video is
+never returned. Re-adding an id replaces its vector (the old position is dropped first). A later
+rebuild compacts tombstones.
 
 Searches may run from several threads at once; ``add``/``remove``/``tune`` take an exclusive lock.
 Search parameters are passed per call (`faiss.SearchParameters`), never set on the shared index.
@@ -193,8 +197,8 @@ class VideoIndex:
 
     @property
     def tombstones(self) -> int:
-        """Removed videos whose vectors still occupy the structure (HNSW) until a rebuild."""
-        if self.kind != HNSW:
+        """Removed videos whose vectors still occupy the structure (HNSW, IVF) until a rebuild."""
+        if self.kind == FLAT:
             return 0
         return len(self._labels) - self._count
 
@@ -631,9 +635,10 @@ class VideoIndex:
             logger.info("removed %d videos; %d in the index", len(positions), self._count)
         if self.tombstones > _TOMBSTONE_WARN_FRACTION * max(len(self._labels), 1):
             logger.warning(
-                "%d of %d HNSW positions are tombstones; rebuild the index to compact it",
+                "%d of %d %s positions are tombstones; rebuild the index to compact it",
                 self.tombstones,
                 len(self._labels),
+                self.kind,
             )
         return len(positions)
 
@@ -674,19 +679,14 @@ class VideoIndex:
             self._index.ntotal = refine.ntotal
 
     def _drop_positions(self, positions: np.ndarray) -> None:
-        """Removes positions: physically (flat renumbers, IVF keeps labels) or as tombstones."""
+        """Removes positions: physically from the exact index (which renumbers), else tombstones."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         if self.kind == FLAT:
             removed = self._index.remove_ids(faiss.IDSelectorBatch(positions))
             self._labels = np.delete(self._labels, positions)
-        elif self.kind == HNSW:
-            removed = len(positions)
-            self._labels = self._labels.copy()
-            self._labels[positions] = -1
         else:
-            base, _ = ivf_parts(self._index)
-            removed = base.remove_ids(faiss.IDSelectorBatch(positions))
-            self._labels = self._labels.copy()
+            removed = len(positions)
+            self._labels = self._labels.copy()  # searches holding the old table keep it intact
             self._labels[positions] = -1
         if removed != len(positions):  # pragma: no cover - invariant
             raise IndexBuildError(f"internal: removed {removed} of {len(positions)} positions")
@@ -773,7 +773,7 @@ class VideoIndex:
 
     def _make_state(self, point: OperatingPoint) -> _SearchState:
         selector, bitmap = None, None
-        if self.kind == HNSW and self._count < len(self._labels):
+        if self.kind != FLAT and self._count < len(self._labels):
             bitmap = np.packbits(self._labels >= 0, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         params = search_parameters(self._layout, point, selector)
@@ -967,7 +967,6 @@ class VideoIndex:
             "count": self._count,
             "positions": len(self._labels),
             "tombstones": self.tombstones,
-            "removed_positions": int(np.count_nonzero(self._labels < 0)),
             "tuned": self._tuned,
             "operating_point": self._state.point.to_dict(),
             "fingerprint": self._fingerprint,
@@ -1154,8 +1153,7 @@ def _consistent(index: faiss.Index, layout: Layout, labels: np.ndarray) -> bool:
     if layout.kind == HNSW:
         return int(index.ntotal) == len(labels)
     base, refine = ivf_parts(index)
-    live = int(np.count_nonzero(labels >= 0))
-    return int(base.ntotal) == live and (refine is None or int(refine.ntotal) == len(labels))
+    return int(base.ntotal) == len(labels) and (refine is None or int(refine.ntotal) == len(labels))
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:

@@ -1,0 +1,505 @@
+"""VideoIndex: recall against exact search, exclusions, live changes, persistence, sharding.
+
+Approximate results are always checked against exact inner-product search on the same seeded
+data (the way Faiss' own tests do). Each kind is built and tuned once per module, saved, and every
+test that changes an index works on a freshly loaded copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import IndexConfig, VidrecConfig, config_from_dict, config_to_dict
+from core.errors import BundleError, ConfigError, DataError, IndexBuildError, NotFittedError
+from index import (
+    INDEX_FILE,
+    META_FILE,
+    REPORT_FILE,
+    OperatingPoint,
+    ShardedIndex,
+    VideoIndex,
+    add_shard,
+    choose_kind,
+    exact_search,
+    merge_shards,
+    recall_at_k,
+    train_empty,
+)
+from index.video_index import IDS_FILE
+from tests.index.conftest import DIM, config_for
+
+KINDS = ["flat", "hnsw", "ivf_hnsw_pq"]
+
+
+def exact(
+    data: dict[str, np.ndarray], queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    return exact_search(queries, [(data["embeddings"], data["ids"])], k)
+
+
+@pytest.fixture(scope="module")
+def saved(data: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each kind built and tuned once on the catalogue, saved to its own directory."""
+    out = {}
+    for kind in KINDS:
+        index = VideoIndex.build(
+            data["embeddings"], data["ids"], config_for(kind), tuning_queries=data["queries"]
+        )
+        out[kind] = index.save(tmp_path_factory.mktemp(kind))
+    return out
+
+
+def fresh(saved: dict[str, Path], kind: str) -> VideoIndex:
+    return VideoIndex.load(saved[kind], expected_dim=DIM)
+
+
+# ---------------------------------------------------------------------------- recall
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recall_against_exact_meets_target(kind, saved, data):
+    index = fresh(saved, kind)
+    assert index.kind == kind
+    if kind == "ivf_hnsw_pq":
+        assert index.factory.startswith("IVF64_HNSW") and "PQ32x4fs" in index.factory
+    q = data["queries"]
+    _, truth = exact(data, q, 100)
+    _, found = index.search(q, 100)
+    recall = recall_at_k(found, truth, 100)
+    assert recall >= 0.95
+    if kind == "flat":
+        assert recall > 0.999
+    report = index.report
+    assert report["recall"]["at_k"] >= 0.95 and report["recall"]["k"] == 100
+    assert report["tuning"]["query_source"] == "held_out"
+    assert report["latency"]["single_query"]["p50_ms"] > 0
+    assert report["latency"]["batch"]["qps"] > 0
+    assert report["build"]["build_seconds"] >= 0
+    on_disk = json.loads((saved[kind] / REPORT_FILE).read_text())
+    assert (
+        on_disk["factory"] == index.factory
+        and on_disk["operating_point"] == report["operating_point"]
+    )
+
+
+def test_auto_choice_follows_size_and_memory_budget():
+    cfg = IndexConfig(flat_max_videos=1_000, hnsw_max_videos=100_000)
+    assert choose_kind(500, 64, cfg) == "flat"
+    assert choose_kind(50_000, 64, cfg) == "hnsw"
+    assert choose_kind(500_000, 64, cfg) == "ivf_hnsw_pq"
+    tight = dataclasses.replace(cfg, memory_budget_mb=20)
+    assert choose_kind(50_000, 64, tight) == "ivf_hnsw_pq"
+    with pytest.raises(IndexBuildError, match=r"index\.memory_budget_mb=20"):
+        choose_kind(500_000, 64, tight)
+    with pytest.raises(IndexBuildError, match="memory_budget_mb"):
+        choose_kind(50_000, 64, dataclasses.replace(tight, kind="hnsw"))
+
+
+def test_unreachable_recall_target_fails_loudly(data):
+    cfg = config_for("hnsw", hnsw_m=4, hnsw_ef_search=(8,), target_recall=0.9999, recall_k=100)
+    with pytest.raises(
+        IndexBuildError, match=r"cannot reach recall@100 >= 0\.9999.*hnsw_ef_search"
+    ):
+        VideoIndex.build(
+            data["embeddings"][:3000], data["ids"][:3000], cfg, tuning_queries=data["queries"]
+        )
+    ivf = config_for("ivf_hnsw_pq", ivf_nprobe=(1,), refine_k_factor=(1.0,), target_recall=0.99)
+    with pytest.raises(IndexBuildError, match=r"index\.ivf_nprobe, index\.refine_k_factor"):
+        VideoIndex.build(
+            data["embeddings"][:5000], data["ids"][:5000], ivf, tuning_queries=data["queries"]
+        )
+
+
+def test_tuning_without_held_out_queries_is_recorded(data):
+    index = VideoIndex.build(data["embeddings"][:2000], data["ids"][:2000], config_for("hnsw"))
+    assert index.report["tuning"]["query_source"] == "catalogue_sample"
+
+
+# ---------------------------------------------------------------------------- search contract
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exclusions_are_honoured(kind, saved, data):
+    index = fresh(saved, kind)
+    q = data["queries"][:20]
+    _, before = index.search(q, 30)
+    exclude = [row[::2] for row in before]  # every other result of each query
+    scores, ids = index.search(q, 30, exclude=exclude)
+    assert ids.shape == (20, 30) and scores.shape == (20, 30)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    for row, banned in zip(ids, exclude, strict=True):
+        assert not np.isin(row, banned).any()
+        assert (row >= 0).all()  # the over-fetch refilled every slot
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    if kind == "flat":
+        _, truth = exact(data, q, 200)
+        for row, t, banned in zip(ids, truth, exclude, strict=True):
+            np.testing.assert_array_equal(row, t[~np.isin(t, banned)][:30])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unfilled_slots_are_minus_one_and_never_leak(kind, data, tmp_path):
+    n = 300 if kind == "ivf_hnsw_pq" else 40
+    cfg = config_for(kind, ivf_nlist=4, pq_m=16)
+    index = VideoIndex.build(data["embeddings"][:n], data["ids"][:n], cfg, tune=False)
+    q = data["queries"][:3]
+    excluded = data["ids"][: n // 2]
+    scores, ids = index.search(q, n + 50, exclude=[excluded] * 3)
+    assert ids.shape == (3, n + 50) and scores.shape == (3, n + 50)
+    remaining = set(data["ids"][n // 2 : n].tolist())
+    for row, srow in zip(ids, scores, strict=True):
+        real = row[row >= 0]
+        assert set(real.tolist()) == remaining  # every remaining video, nothing else
+        assert (row[len(real) :] == -1).all()  # padding only after the real results
+        assert np.isneginf(srow[len(real) :]).all() and np.isfinite(srow[: len(real)]).all()
+    # Remove nearly everything: still [q, k], still no stale or fake ids.
+    index.remove(data["ids"][: n - 2])
+    _, ids = index.search(q, 10)
+    assert ids.shape == (3, 10)
+    assert set(ids[ids >= 0].tolist()) == set(data["ids"][n - 2 : n].tolist())
+
+
+def test_search_input_validation(saved, data):
+    index = fresh(saved, "flat")
+    q = data["queries"][:2]
+    with pytest.raises(DataError, match="dimension 32 does not match the index dimension 64"):
+        index.search(q[:, :32].copy(), 5)
+    with pytest.raises(DataError, match="float32"):
+        index.search(q.astype(np.float64), 5)
+    with pytest.raises(DataError, match=r"shape \[n, d\]"):
+        index.search(q[0], 5)
+    bad = q.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        index.search(bad, 5)
+    with pytest.raises(DataError, match="zero vector"):
+        index.search(np.zeros((1, DIM), np.float32), 5)
+    with pytest.raises(DataError, match="k must be an int >= 1"):
+        index.search(q, 0)
+    with pytest.raises(DataError, match="2 lists for 1 queries"):
+        index.search(q[:1], 5, exclude=[[1], [2]])
+
+
+def test_build_input_validation(data):
+    x, ids = data["embeddings"][:100], data["ids"][:100]
+    cfg = config_for("flat")
+    with pytest.raises(DataError, match="duplicate id"):
+        VideoIndex.build(x, np.r_[ids[:-1], ids[0]], cfg)
+    with pytest.raises(DataError, match=">= 0"):
+        VideoIndex.build(x, -ids, cfg)
+    with pytest.raises(DataError, match="100 ids for 99 embeddings"):
+        VideoIndex.build(x[:99], ids, cfg)
+    with pytest.raises(DataError, match="integer video ids"):
+        VideoIndex.build(x, ids.astype(np.float64), cfg)
+    with pytest.raises(DataError, match="empty"):
+        VideoIndex.build(x[:0], ids[:0], cfg)
+
+
+# ---------------------------------------------------------------------------- live changes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_then_search_finds_the_new_video(kind, saved, data):
+    index = fresh(saved, kind)
+    rng = np.random.default_rng(1)
+    new = data["queries"][:5] + 0.01 * rng.standard_normal((5, DIM)).astype(np.float32)
+    new_ids = np.arange(10**9, 10**9 + 5)
+    assert index.add(new.astype(np.float32), new_ids) == 0
+    assert index.count == len(data["ids"]) + 5
+    _, ids = index.search(data["queries"][:5], 10)
+    np.testing.assert_array_equal(ids[:, 0], new_ids)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_update_replaces_the_vector(kind, saved, data):
+    index = fresh(saved, kind)
+    target = data["queries"][7:8]
+    old_id = int(index.search(target, 1)[1][0, 0])
+    moved_to = data["queries"][8:9]
+    assert index.add(moved_to, [old_id]) == 1  # an update, not a new video
+    assert index.count == len(data["ids"])
+    scores, ids = index.search(moved_to, 5)
+    assert ids[0, 0] == old_id and scores[0, 0] == pytest.approx(1.0, abs=1e-3)
+    scores, ids = index.search(target, 200)
+    assert np.count_nonzero(ids == old_id) <= 1  # never duplicated
+    if old_id in ids:  # its score is now the new vector's
+        got = scores[ids == old_id][0]
+        assert got == pytest.approx(float(target[0] @ moved_to[0]), abs=2e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_removed_ids_are_never_returned_even_after_save_load(kind, saved, data, tmp_path):
+    index = fresh(saved, kind)
+    q = data["queries"][:50]
+    _, top = index.search(q, 20)
+    removed = np.unique(top[:, :5])
+    assert index.remove(removed) == len(removed)
+    assert index.remove(removed) == 0  # idempotent
+    assert not index.contains(removed).any()
+    if kind == "flat":
+        assert index.tombstones == 0  # exact storage deletes physically
+    else:
+        assert index.tombstones == len(removed)  # HNSW and fast-scan IVF keep tombstones
+    for loaded in (index, VideoIndex.load(index.save(tmp_path / "after"), expected_dim=DIM)):
+        _, ids = loaded.search(q, 300)
+        assert not np.isin(ids, removed).any()
+        _, one = loaded.search(q[:1], 300)
+        assert not np.isin(one, removed).any()
+        assert loaded.count == len(data["ids"]) - len(removed)
+    # A removed video that is uploaded again comes back with its new vector.
+    back = int(removed[0])
+    index.add(q[:1], [back])
+    assert index.search(q[:1], 1)[1][0, 0] == back
+
+
+def test_concurrent_single_query_search_matches_sequential(saved, data):
+    index = fresh(saved, "hnsw")
+    q = data["queries"]
+    expected = [index.search(q[i : i + 1], 50) for i in range(len(q))]
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    errors: list[BaseException] = []
+
+    def worker(rows: range) -> None:
+        try:
+            for i in rows:
+                results[i] = index.search(q[i : i + 1], 50)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(range(t, len(q), 6),)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, (scores, ids) in enumerate(expected):
+        np.testing.assert_array_equal(results[i][1], ids)
+        np.testing.assert_allclose(results[i][0], scores, rtol=1e-6)
+
+
+def test_searches_run_safely_alongside_takedowns(saved, data):
+    index = fresh(saved, "hnsw")
+    q = data["queries"][:40]
+    victims = np.unique(index.search(q, 10)[1])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for i in range(len(q)):
+                    _, ids = index.search(q[i : i + 1], 20)
+                    assert ids.shape == (1, 20)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for chunk in np.array_split(victims, 10):
+        index.remove(chunk)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert not np.isin(index.search(q, 100)[1], victims).any()
+
+
+# ---------------------------------------------------------------------------- persistence
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip_gives_identical_results(kind, saved, data, tmp_path):
+    index = fresh(saved, kind)
+    again = VideoIndex.load(index.save(tmp_path / "copy"), expected_dim=DIM)
+    assert again.operating_point == index.operating_point and again.is_tuned
+    assert again.factory == index.factory and again.count == index.count
+    q = data["queries"]
+    exclude = [data["ids"][i : i + 3] for i in range(len(q))]
+    for k in (1, 100):
+        s1, i1 = index.search(q, k, exclude=exclude)
+        s2, i2 = again.search(q, k, exclude=exclude)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(s1, s2)
+
+
+def assert_same_ranking(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray) -> None:
+    """Equal scores, and equal ids except where two neighbours tie on score (order is free)."""
+    np.testing.assert_allclose(s1, s2, rtol=0, atol=1e-6)
+    rows, cols = np.nonzero(i1 != i2)
+    for r, c in zip(rows, cols, strict=True):
+        neighbours = s1[r, max(c - 1, 0) : c + 2]
+        assert np.sum(np.abs(neighbours - s1[r, c]) < 1e-6) >= 2, (r, c)
+        assert i2[r, c] in i1[r] or c == i1.shape[1] - 1
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_truncated_or_altered_files_are_refused(saved, tmp_path):
+    src = saved["hnsw"]
+    truncated = _copy(src, tmp_path / "truncated")
+    raw = (truncated / INDEX_FILE).read_bytes()
+    (truncated / INDEX_FILE).write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BundleError, match=r"videos\.faiss: truncated .* corrupted"):
+        VideoIndex.load(truncated)
+
+    flipped = _copy(src, tmp_path / "flipped")
+    raw = bytearray((flipped / INDEX_FILE).read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    (flipped / INDEX_FILE).write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"videos\.faiss: checksum mismatch"):
+        VideoIndex.load(flipped)
+
+    ids_flipped = _copy(src, tmp_path / "ids")
+    raw = bytearray((ids_flipped / IDS_FILE).read_bytes())
+    raw[-3] ^= 0x01
+    (ids_flipped / IDS_FILE).write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"index_ids\.npy: checksum mismatch"):
+        VideoIndex.load(ids_flipped)
+
+    meta_altered = _copy(src, tmp_path / "meta")
+    meta = json.loads((meta_altered / META_FILE).read_text())
+    meta["count"] += 1
+    (meta_altered / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(
+        BundleError, match=r"index_meta\.json: checksum mismatch, the file was altered"
+    ):
+        VideoIndex.load(meta_altered)
+
+    garbage = _copy(src, tmp_path / "garbage")
+    (garbage / META_FILE).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        VideoIndex.load(garbage)
+
+    missing = _copy(src, tmp_path / "missing")
+    (missing / INDEX_FILE).unlink()
+    with pytest.raises(BundleError, match=r"videos\.faiss: missing"):
+        VideoIndex.load(missing)
+    with pytest.raises(BundleError, match="not a saved index"):
+        VideoIndex.load(tmp_path / "nowhere")
+
+
+def test_dimension_mismatch_is_refused(saved):
+    with pytest.raises(
+        BundleError, match="index dimension 64 does not match expected dimension 32"
+    ):
+        VideoIndex.load(saved["flat"], expected_dim=32)
+    assert VideoIndex.load(saved["flat"], expected_dim=64).dim == 64
+
+
+# ---------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shard_build_then_merge_equals_a_single_build(kind, data):
+    x, ids, q = data["embeddings"], data["ids"], data["queries"]
+    cfg = config_for(kind, build_threads=1)
+    trained = train_empty(x[::3], cfg, expected_count=len(x))
+    single = add_shard(trained, x, ids)
+    parts = np.array_split(np.arange(len(x)), 3)
+    shards = [add_shard(trained, x[p], ids[p]) for p in parts]
+    merged = merge_shards(shards)
+    assert merged.count == single.count == len(x)
+    assert sorted(merged.ids().tolist()) == sorted(ids.tolist())
+    with pytest.raises(NotFittedError, match="merged into another one"):
+        shards[1].search(q[:1], 5)
+    point = merged.operating_point
+    assert point == single.operating_point
+    s1, i1 = single.search(q, 50)
+    s2, i2 = merged.search(q, 50)
+    if kind == "hnsw":  # a graph cannot be merged; the merge re-inserts, so compare quality
+        _, truth = exact(data, q, 50)
+        assert abs(recall_at_k(i1, truth, 50) - recall_at_k(i2, truth, 50)) < 0.01
+        assert recall_at_k(i2, truth, 50) > 0.97
+    else:
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2, rtol=1e-6)
+    report = merged.tune(q)
+    assert report["recall"]["at_k"] >= 0.95
+
+
+def test_shards_sharing_ids_or_training_do_not_merge(data):
+    x, ids = data["embeddings"][:2000], data["ids"][:2000]
+    cfg = config_for("flat")
+    trained = train_empty(x, cfg, expected_count=2000)
+    a = add_shard(trained, x[:1200], ids[:1200])
+    b = add_shard(trained, x[1000:], ids[1000:])
+    with pytest.raises(DataError, match="200 video id"):
+        merge_shards([a, b])
+    other = train_empty(x, config_for("hnsw"), expected_count=2000)
+    with pytest.raises(DataError, match="shards differ"):
+        merge_shards([a, add_shard(other, x[1500:], ids[1500:])])
+
+
+def test_sharded_search_equals_unsharded(data):
+    x, ids, q = data["embeddings"], data["ids"], data["queries"]
+    cfg = config_for("flat")
+    whole = VideoIndex.build(x, ids, cfg, tune=False)
+    parts = np.array_split(np.random.default_rng(3).permutation(len(x)), 3)
+    shards = [VideoIndex.build(x[p], ids[p], cfg, tune=False) for p in parts]
+    exclude = [ids[i : i + 4] for i in range(len(q))]
+    with ShardedIndex(shards) as sharded:
+        assert sharded.count == len(x)
+        for queries, ex in ((q, exclude), (q[:1], exclude[:1]), (q, None)):
+            s1, i1 = whole.search(queries, 100, exclude=ex)
+            s2, i2 = sharded.search(queries, 100, exclude=ex)
+            assert_same_ranking(s1, i1, s2, i2)
+        # Live changes route to one shard and stay disjoint.
+        new_id = 10**9
+        assert sharded.add(q[:1], [new_id]) == 0
+        assert sharded.add(q[1:2], [new_id]) == 1
+        assert sharded.search(q[1:2], 1)[1][0, 0] == new_id
+        assert sharded.remove([new_id]) == 1
+        assert new_id not in sharded.search(q[1:2], 10)[1]
+
+
+def test_sharded_index_refuses_overlapping_shards(data):
+    x, ids = data["embeddings"][:500], data["ids"][:500]
+    cfg = config_for("flat")
+    a = VideoIndex.build(x[:300], ids[:300], cfg, tune=False)
+    b = VideoIndex.build(x[200:], ids[200:], cfg, tune=False)
+    with pytest.raises(DataError, match="in several shards"):
+        ShardedIndex([a, b])
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_index_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match=r"index\.kind"):
+        IndexConfig(kind="annoy")
+    with pytest.raises(ConfigError, match=r"index\.pq_nbits.*4-bit"):
+        IndexConfig(pq_nbits=8)
+    with pytest.raises(ConfigError, match=r"index\.target_recall"):
+        IndexConfig(target_recall=1.5)
+    with pytest.raises(ConfigError, match=r"index\.hnsw_ef_search"):
+        IndexConfig(hnsw_ef_search=())
+    with pytest.raises(ConfigError, match=r"index\.refine"):
+        IndexConfig(refine="pq")
+    cfg = VidrecConfig(index=IndexConfig(kind="hnsw", hnsw_ef_search=(64, 128)))
+    again = config_from_dict(VidrecConfig, json.loads(json.dumps(config_to_dict(cfg))))
+    assert again.index == cfg.index
+
+
+def test_pq_m_must_divide_the_dimension(data):
+    with pytest.raises(IndexBuildError, match=r"index\.pq_m=24 must divide"):
+        VideoIndex.build(data["embeddings"], data["ids"], config_for("ivf_hnsw_pq", pq_m=24))
+
+
+def test_operating_point_override_is_checked(saved):
+    index = fresh(saved, "hnsw")
+    index.set_operating_point(OperatingPoint(ef_search=300))
+    assert index.operating_point.ef_search == 300
+    with pytest.raises(ConfigError, match="do not apply to a hnsw index"):
+        index.set_operating_point(OperatingPoint(nprobe=4))
