@@ -116,7 +116,11 @@ class RetrievalConfig:
             the same video.
         extra_negatives: Videos drawn uniformly from the catalogue per batch, shared by all
             queries as extra negatives (mixed negative sampling); 0 for pure in-batch softmax.
-        batch_size: Sequences per training step.
+        window_stride: Positions between consecutive training windows of a user; a target is
+            trained once, in the most recent window that shows it at least
+            ``history_length - window_stride`` earlier watches. Equal to ``history_length``
+            (no overlap) is fastest; smaller gives long histories to more targets.
+        batch_size: Windows per training step.
         learning_rate: Adam learning rate.
         max_epochs: Upper bound on epochs; early stopping usually ends sooner.
         patience: Epochs without a better validation Recall@N before stopping.
@@ -134,6 +138,7 @@ class RetrievalConfig:
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     extra_negatives: int = 1024
+    window_stride: int = 50
     batch_size: int = 128
     learning_rate: float = 1e-3
     max_epochs: int = 200
@@ -155,6 +160,7 @@ class RetrievalConfig:
         require(0.0 <= self.id_dropout < 1.0, f"{f}.id_dropout", f"must be in [0, 1), got {self.id_dropout}")
         require(self.temperature > 0.0, f"{f}.temperature", f"must be > 0, got {self.temperature}")
         require(self.extra_negatives >= 0, f"{f}.extra_negatives", "must be >= 0")
+        require(self.window_stride >= 1, f"{f}.window_stride", f"must be >= 1, got {self.window_stride}")
         require(self.batch_size >= 2, f"{f}.batch_size", f"must be >= 2, got {self.batch_size}")
         require(self.learning_rate > 0.0, f"{f}.learning_rate", "must be > 0")
         require(self.max_epochs >= 1, f"{f}.max_epochs", f"must be >= 1, got {self.max_epochs}")
@@ -223,6 +229,9 @@ class IndexConfig:
         target_recall: Recall@``recall_k`` against exact search the tuned index must reach on
             held-out queries; a build that cannot reach it fails.
         recall_k: K of the tuned recall@K.
+        recall_confidence_z: An operating point counts as reaching the target only when its mean
+            recall minus this many standard errors (over the tuning queries) does; 0 compares
+            the mean alone.
         tuning_queries: Held-out queries used for tuning (sampled down to this many).
         latency_queries: Single queries timed for the p50/p99 in the report.
         single_query_threads: OpenMP threads of a one-query search (1: request threads do not
@@ -254,6 +263,7 @@ class IndexConfig:
     refine_k_factor: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
     target_recall: float = 0.95
     recall_k: int = 100
+    recall_confidence_z: float = 2.0
     tuning_queries: int = 1_000
     latency_queries: int = 300
     single_query_threads: int = 1
@@ -314,6 +324,7 @@ class IndexConfig:
             f"must be in (0, 1], got {self.target_recall}",
         )
         require(self.recall_k >= 1, f"{f}.recall_k", f"must be >= 1, got {self.recall_k}")
+        require(self.recall_confidence_z >= 0, f"{f}.recall_confidence_z", "must be >= 0")
         require(self.tuning_queries >= 1, f"{f}.tuning_queries", "must be >= 1")
         require(self.latency_queries >= 1, f"{f}.latency_queries", "must be >= 1")
         require(self.single_query_threads >= 1, f"{f}.single_query_threads", "must be >= 1")

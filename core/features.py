@@ -304,9 +304,7 @@ class FeatureSpace:
     def video_features(self, videos: pd.DataFrame) -> VideoFeatureArrays:
         """Features of videos described by a validated table (known or new ids)."""
         rows = self.video_vocab.lookup(videos["video_id"].to_numpy(np.int64))
-        return _video_arrays(
-            videos, rows, self.categories, self.creators, self.stats, self.config
-        )
+        return _video_arrays(videos, rows, self.categories, self.creators, self.stats, self.config)
 
     def history_matrix(
         self, histories: Sequence[np.ndarray], length: int | None = None

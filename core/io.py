@@ -55,7 +55,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> None:
     """Writes ``payload`` as indented, key-sorted JSON, atomically."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(
+        path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
+    )
 
 
 def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:

@@ -154,7 +154,8 @@ def evaluate_scorer(
             continue
         scores = scores[keep]
         all_ranks.extend(target_ranks(scores, seen_cols, target_cols))
-        top = np.argpartition(-scores, diversity_k - 1, axis=1)[:, :diversity_k]
+        shown_k = min(diversity_k, num_videos)
+        top = np.argpartition(-scores, shown_k - 1, axis=1)[:, :shown_k]
         shown[top.ravel()] = True
         if category_codes is not None:
             for row in top:
@@ -173,4 +174,3 @@ def evaluate_scorer(
 def _category_codes(video_categories: Sequence[Sequence[str]]) -> list[frozenset[int]]:
     names: dict[str, int] = {}
     return [frozenset(names.setdefault(c, len(names)) for c in cats) for cats in video_categories]
-

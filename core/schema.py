@@ -231,7 +231,9 @@ def validate_users(df: pd.DataFrame, source: str = "users") -> pd.DataFrame:
     ids = _as_int64(df, "user_id", source)
     if pd.Series(ids).duplicated().any():
         raise DataError(
-            "user_id values are not unique", source=source, column="user_id",
+            "user_id values are not unique",
+            source=source,
+            column="user_id",
             hint="each user must be listed once",
         )
     out = pd.DataFrame({"user_id": ids})

@@ -12,6 +12,7 @@ the user's first window), and the loss is taken over owned positions.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,7 @@ def training_windows(
     )
     starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1, len(users)]
     spans: list[tuple[int, int, int]] = []  # (user start, window end position e, user length)
-    for begin, end in zip(starts[:-1], starts[1:], strict=True):
+    for begin, end in itertools.pairwise(starts):
         n = end - begin
         e = n - 1
         while e >= 1:

@@ -61,15 +61,15 @@ class EvalCases:
         return EvalCases(self.user_ids[cases], h_ptr, h_ids, h_ts, t_ptr, t_ids, t_ts)
 
 
-def _take_csr(
-    indptr: np.ndarray, rows: np.ndarray, *columns: np.ndarray
-) -> tuple[np.ndarray, ...]:
+def _take_csr(indptr: np.ndarray, rows: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
     lengths = indptr[rows + 1] - indptr[rows]
     new_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_indptr[1:])
-    positions = np.concatenate(
-        [np.arange(indptr[r], indptr[r + 1], dtype=np.int64) for r in rows]
-    ) if len(rows) else np.zeros(0, dtype=np.int64)
+    positions = (
+        np.concatenate([np.arange(indptr[r], indptr[r + 1], dtype=np.int64) for r in rows])
+        if len(rows)
+        else np.zeros(0, dtype=np.int64)
+    )
     return (new_indptr, *(column[positions] for column in columns))
 
 
@@ -147,9 +147,7 @@ def leave_one_out(interactions: pd.DataFrame, min_events: int = 3) -> LeaveOneOu
         train_groups, n, videos[in_train_of_evaluated], stamps[in_train_of_evaluated]
     )
     one = np.arange(n + 1, dtype=np.int64)
-    validation = EvalCases(
-        eval_users, v_ptr, v_ids, v_ts, one, videos[is_valid], stamps[is_valid]
-    )
+    validation = EvalCases(eval_users, v_ptr, v_ids, v_ts, one, videos[is_valid], stamps[is_valid])
     # Test history = training events followed by the validation event, per user.
     with_valid = evaluated & ~is_test
     t_ptr, t_ids, t_ts = _csr(user_index[with_valid], n, videos[with_valid], stamps[with_valid])

@@ -128,4 +128,3 @@ class IdVocabulary:
 
     def __repr__(self) -> str:
         return f"IdVocabulary({len(self._ids)} ids)"
-
