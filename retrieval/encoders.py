@@ -31,9 +31,16 @@ VIDEO_BATCH = 8_192
 class TowerModule(tf.Module):
     """The two towers behind fixed input signatures; what is saved as a SavedModel."""
 
-    def __init__(self, user_tower: tf.keras.layers.Layer, video_tower: tf.keras.layers.Layer,
-                 history_length: int, dim: int, num_attributes: int, max_categories: int,
-                 max_tokens: int) -> None:
+    def __init__(
+        self,
+        user_tower: tf.keras.layers.Layer,
+        video_tower: tf.keras.layers.Layer,
+        history_length: int,
+        dim: int,
+        num_attributes: int,
+        max_categories: int,
+        max_tokens: int,
+    ) -> None:
         super().__init__(name="retrieval_towers")
         self.user_tower = user_tower
         self.video_tower = video_tower
@@ -220,5 +227,10 @@ class RetrievalEncoders:
         history_spec = loaded.signatures["query"].structured_input_signature[1][
             "history_embeddings"
         ]
-        return cls(loaded.query, loaded.embed_videos, features, int(history_spec.shape[-1]),
-                   keepalive=loaded)
+        return cls(
+            loaded.query,
+            loaded.embed_videos,
+            features,
+            int(history_spec.shape[-1]),
+            keepalive=loaded,
+        )

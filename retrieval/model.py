@@ -76,6 +76,8 @@ class TwoTowerModel(tfrs.Model):
             ),
             temperature=config.temperature,
             remove_accidental_hits=config.remove_accidental_hits,
+            # Keras reports a step's returned loss as-is; this mean covers the whole epoch.
+            loss_metrics=[tf.keras.metrics.Mean(name="epoch_loss")],
         )
 
     def embed_rows(self, rows: tf.Tensor, training: bool = False) -> tf.Tensor:

@@ -135,9 +135,7 @@ class CausalBlock(tf.keras.layers.Layer):
         self.ffn_output = tf.keras.layers.Dense(dim)
         self.ffn_dropout = tf.keras.layers.Dropout(dropout)
 
-    def call(
-        self, x: tf.Tensor, attention_mask: tf.Tensor, training: bool = False
-    ) -> tf.Tensor:
+    def call(self, x: tf.Tensor, attention_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
         """``x [b, L, d]``, ``attention_mask [b, L, L] bool`` -> ``[b, L, d]``."""
         h = self.attention_norm(x)
         h = self.attention(h, h, attention_mask=attention_mask, training=training)
@@ -187,7 +185,9 @@ class UserTower(tf.keras.layers.Layer):
         ]
         self.output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
         self.user_embedding = (
-            tf.keras.layers.Embedding(num_user_rows, dim, embeddings_initializer=_normal(), name="user")
+            tf.keras.layers.Embedding(
+                num_user_rows, dim, embeddings_initializer=_normal(), name="user"
+            )
             if num_user_rows
             else None
         )

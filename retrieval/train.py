@@ -105,9 +105,7 @@ def evaluate_retrieval(
     seen = [s[s >= 0] for s in seen]
     targets = [np.setdiff1d(t[t >= 0], s) for t, s in zip(targets, seen, strict=True)]
     keep = [i for i, t in enumerate(targets) if len(t)]
-    ranks = target_ranks(
-        scores[keep], [seen[i] for i in keep], [targets[i] for i in keep]
-    )
+    ranks = target_ranks(scores[keep], [seen[i] for i in keep], [targets[i] for i in keep])
     return metrics_from_ranks(ranks, ks, ns)
 
 
@@ -141,7 +139,7 @@ class _ValidationCallback(tf.keras.callbacks.Callback):
             metrics = evaluate_retrieval(
                 self.trained.encoders(), self.validation, ns=(config.validation_recall_at,)
             )
-        loss = float((logs or {}).get("loss", np.nan))
+        loss = float((logs or {}).get("epoch_loss", np.nan))
         seconds = time.perf_counter() - self.epoch_started
         history.epochs.append(EpochRecord(epoch + 1, loss, metrics, seconds))
         score = metrics.get(self.key, -loss)
@@ -200,7 +198,10 @@ def train_retrieval(
     """
     strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(config.seed)
-    windows = training_windows(train_interactions, features, features.config.history_length)
+    length = features.config.history_length
+    windows = training_windows(
+        train_interactions, features, length, stride=min(config.window_stride, length)
+    )
     if windows.num_examples == 0:
         raise DataError("no training examples: every user has a single event")
     frequency = np.bincount(
