@@ -1,0 +1,267 @@
+"""The ``vidrec`` command line.
+
+Logging is configured here and nowhere else. Library errors (`VidrecError`) are shown as one
+line with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.config import (
+    SyntheticConfig,
+    VidrecConfig,
+    config_from_dict,
+)
+from core.errors import ConfigError, VidrecError
+
+logger = logging.getLogger("vidrec")
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _quiet_tensorflow() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def load_config(path: str | None, overrides: dict[str, dict[str, Any]]) -> VidrecConfig:
+    """Configuration from an optional JSON file, then flag overrides per section.
+
+    Raises:
+        ConfigError: Unreadable file, unknown keys or invalid values.
+    """
+    payload: dict[str, Any] = {}
+    if path:
+        try:
+            payload = json.loads(Path(path).read_text("utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"--config {path}: {error}") from error
+    for section, values in overrides.items():
+        clean = {k: v for k, v in values.items() if v is not None}
+        if clean:
+            payload.setdefault(section, {}).update(clean)
+    return config_from_dict(VidrecConfig, payload)
+
+
+def _load_data(args: argparse.Namespace):
+    from pipelines.datasets import load_dataset
+
+    kwargs: dict[str, Any] = {"drop_duplicates": args.drop_duplicates or None}
+    if args.encoding:
+        kwargs["encoding"] = args.encoding
+    if getattr(args, "column_map", None):
+        kwargs["column_mapping"] = dict(item.split("=", 1) for item in args.column_map)
+    return load_dataset(args.data, **kwargs)
+
+
+def _training_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {
+        "retrieval": {
+            "max_epochs": args.max_epochs,
+            "max_train_seconds": args.max_train_seconds,
+            "seed": args.seed,
+        }
+    }
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.synthetic import generate_platform, write_dataset
+
+    defaults = SyntheticConfig()
+    config = SyntheticConfig(
+        num_users=args.users,
+        num_videos=args.videos,
+        num_events=args.events,
+        num_categories=args.categories or min(defaults.num_categories, args.videos),
+        num_creators=args.creators or min(defaults.num_creators, max(1, args.videos // 8)),
+        days=args.days,
+        seed=args.seed,
+    )
+    started = time.perf_counter()
+    dataset = generate_platform(config)
+    write_dataset(dataset, args.out)
+    summary = dataset.summary()
+    print(
+        f"wrote {summary['interactions']} events, {summary['videos']} videos, "
+        f"{summary['users']} users to {args.out} in {time.perf_counter() - started:.1f} s"
+    )
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.bundle import BundleStore
+    from pipelines.train import train_job
+
+    config = load_config(args.config, _training_overrides(args))
+    dataset = _load_data(args)
+    result = train_job(
+        dataset, config, BundleStore(args.artifacts), publish=not args.no_publish, progress=True
+    )
+    print(f"bundle {result.bundle_id} at {result.bundle_dir}")
+    print("validation: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(result.validation.items())))
+    return EXIT_OK
+
+
+def _bundle_dir(args: argparse.Namespace) -> Path | None:
+    from core.bundle import BundleStore
+
+    if args.bundle:
+        return Path(args.bundle)
+    store = BundleStore(args.artifacts)
+    current = store.current_id()
+    if current is None:
+        return None
+    return store.path(current)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.config import EvaluationConfig
+    from pipelines.evaluate import evaluate_dataset, format_table, write_result
+
+    config = load_config(args.config, {})
+    evaluation = config.evaluation
+    if args.baselines is not None:
+        evaluation = dataclasses.replace(evaluation, baselines=tuple(args.baselines))
+    evaluation = EvaluationConfig(**dataclasses.asdict(evaluation))
+    dataset = _load_data(args)
+    bundle_dir = None if args.baselines_only else _bundle_dir(args)
+    if bundle_dir is None and not args.baselines_only:
+        raise ConfigError(
+            f"no bundle to evaluate under {args.artifacts}: run `vidrec train` first, pass "
+            "--bundle DIR, or --baselines-only"
+        )
+    result = evaluate_dataset(dataset, evaluation, bundle_dir)
+    print(format_table(result))
+    out = Path(args.out) if args.out else Path(args.artifacts) / "reports" / "evaluation.json"
+    write_result(result, out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    run_demo(Path(args.workdir), seed=args.seed, budget_seconds=args.budget_seconds)
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="MovieLens directory (100k, 1M, latest), a `vidrec generate` directory, or a "
+        "CSV/Parquet interactions file",
+    )
+    parser.add_argument("--encoding", help="text encoding of the data files (default per format)")
+    parser.add_argument(
+        "--drop-duplicates",
+        action="store_true",
+        help="keep the first of identical (user, video, timestamp) events instead of failing",
+    )
+    parser.add_argument(
+        "--column-map",
+        nargs="*",
+        metavar="SOURCE=TARGET",
+        help="for CSV/Parquet files: rename source columns to user_id, video_id, timestamp, ...",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidrec", description="Video recommender: two-tower retrieval, Faiss, MHA ranker."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="write a synthetic video platform")
+    generate.add_argument("--out", required=True, help="directory for the Parquet files")
+    defaults = SyntheticConfig()
+    generate.add_argument("--users", type=int, default=defaults.num_users)
+    generate.add_argument("--videos", type=int, default=defaults.num_videos)
+    generate.add_argument("--events", type=int, default=defaults.num_events)
+    generate.add_argument(
+        "--categories", type=int, help=f"default {defaults.num_categories} (at most --videos)"
+    )
+    generate.add_argument(
+        "--creators", type=int, help=f"default {defaults.num_creators} (at most --videos / 8)"
+    )
+    generate.add_argument("--days", type=int, default=defaults.days)
+    generate.add_argument("--seed", type=int, default=defaults.seed)
+    generate.set_defaults(handler=cmd_generate)
+
+    train = commands.add_parser("train", help="train retrieval on a leave-one-out split")
+    _add_data_arguments(train)
+    train.add_argument("--artifacts", default="artifacts", help="bundle store root")
+    train.add_argument("--config", help="JSON file with config sections (see config.json)")
+    train.add_argument("--max-epochs", type=int, help="retrieval.max_epochs")
+    train.add_argument("--max-train-seconds", type=float, help="retrieval.max_train_seconds")
+    train.add_argument("--seed", type=int, help="retrieval.seed")
+    train.add_argument("--no-publish", action="store_true", help="do not move CURRENT")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="model and baselines, one table")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--artifacts", default="artifacts", help="bundle store root")
+    evaluate.add_argument("--bundle", help="bundle directory (default: CURRENT)")
+    evaluate.add_argument("--config", help="JSON file with config sections")
+    evaluate.add_argument(
+        "--baselines", nargs="*", help="subset of most_popular item_knn ease transition"
+    )
+    evaluate.add_argument("--baselines-only", action="store_true", help="no model")
+    evaluate.add_argument("--out", help="JSON report path (default <artifacts>/reports/)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="generate, train, evaluate, recommend")
+    demo.add_argument("--workdir", default="artifacts/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--budget-seconds", type=float, default=240.0, help="wall-clock budget of the whole demo"
+    )
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vidrec`` console script."""
+    args = build_parser().parse_args(argv)
+    _quiet_tensorflow()
+    _configure_logging(args.verbose)
+    try:
+        return int(args.handler(args))
+    except VidrecError as error:
+        print(f"vidrec {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"vidrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
