@@ -29,17 +29,20 @@ class Trial:
         point: The parameters.
         recall: Mean recall@K against exact search on the tuning queries.
         ms_per_query: Wall time of the batch search divided by the number of queries.
+        stderr: Standard error of ``recall`` over the queries.
     """
 
     point: OperatingPoint
     recall: float
     ms_per_query: float
+    stderr: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the report."""
         return {
             "params": self.point.to_dict(),
             "recall": round(self.recall, 5),
+            "recall_stderr": round(self.stderr, 5),
             "ms_per_query": round(self.ms_per_query, 5),
         }
 
@@ -98,9 +101,10 @@ def per_query_recall(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray
 
 def walk_ladders(
     ladders: list[list[OperatingPoint]],
-    evaluate: Callable[[OperatingPoint], tuple[float, float]],
+    evaluate: Callable[[OperatingPoint], tuple[float, float, float]],
     target: float,
     *,
+    confidence_z: float = 0.0,
     plateau: float = 1e-3,
     patience: int = 3,
 ) -> tuple[Trial | None, list[Trial]]:
@@ -112,8 +116,9 @@ def walk_ladders(
 
     Args:
         ladders: Operating points, each list ordered from cheapest to most accurate.
-        evaluate: Returns ``(recall, ms_per_query)`` of a point.
+        evaluate: Returns ``(recall, ms_per_query, recall_stderr)`` of a point.
         target: Recall to reach.
+        confidence_z: A point reaches the target when ``recall - confidence_z * stderr`` does.
         plateau: Smallest recall gain that counts as an improvement.
         patience: Rungs without improvement before a ladder is abandoned.
 
@@ -126,11 +131,11 @@ def walk_ladders(
         best = -1.0
         stalled = 0
         for point in ladder:
-            recall, ms = evaluate(point)
-            trial = Trial(point=point, recall=recall, ms_per_query=ms)
+            recall, ms, stderr = evaluate(point)
+            trial = Trial(point=point, recall=recall, ms_per_query=ms, stderr=stderr)
             trials.append(trial)
             logger.debug("tuning %s: recall %.4f, %.4f ms/query", point.to_dict(), recall, ms)
-            if recall >= target:
+            if recall - confidence_z * stderr >= target:
                 feasible.append(trial)
                 break
             if feasible and ms > min(t.ms_per_query for t in feasible):

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -54,7 +55,14 @@ from index.structures import (
     resolve_layout,
     search_parameters,
 )
-from index.tuning import exact_search, latency_profile, recall_at_k, sample_rows, walk_ladders
+from index.tuning import (
+    exact_search,
+    latency_profile,
+    per_query_recall,
+    recall_at_k,
+    sample_rows,
+    walk_ladders,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -394,19 +402,25 @@ class VideoIndex:
             gt_seconds = time.perf_counter() - gt_started
         logger.info("exact ground truth for %d queries, k=%d: %.1f s", len(q), k, gt_seconds)
 
-        def evaluate(point: OperatingPoint) -> tuple[float, float]:
+        def evaluate(point: OperatingPoint) -> tuple[float, float, float]:
             found, seconds = self._timed_raw_search(q, k, point)
-            return recall_at_k(found, truth, k), 1e3 * seconds / len(q)
+            per_query = per_query_recall(found, truth, k)
+            stderr = float(per_query.std(ddof=1) / np.sqrt(len(q))) if len(q) > 1 else 0.0
+            return float(per_query.mean()), 1e3 * seconds / len(q), stderr
 
         chosen, trials = walk_ladders(
-            candidate_ladders(self._layout, cfg, k), evaluate, cfg.target_recall
+            candidate_ladders(self._layout, cfg, k),
+            evaluate,
+            cfg.target_recall,
+            confidence_z=cfg.recall_confidence_z,
         )
         if chosen is None:
             best = max(trials, key=lambda t: t.recall)
             raise IndexBuildError(
                 f"{self.kind} index ({self.factory}) cannot reach recall@{k} >= "
-                f"{cfg.target_recall} (index.target_recall): best {best.recall:.4f} at "
-                f"{best.point.to_dict()} over {len(trials)} tried points; widen "
+                f"{cfg.target_recall} (index.target_recall): best {best.recall:.4f} "
+                f"(± {best.stderr:.4f}, need {cfg.recall_confidence_z:g} standard errors of "
+                f"margin) at {best.point.to_dict()} over {len(trials)} tried points; widen "
                 f"{_tuning_fields(self.kind, self._layout.refine)} or lower index.target_recall"
             )
         self.set_operating_point(chosen.point)
@@ -431,6 +445,7 @@ class VideoIndex:
         self._report = {
             "tuning": {
                 "target_recall": cfg.target_recall,
+                "recall_confidence_z": cfg.recall_confidence_z,
                 "recall_k": k,
                 "queries": len(q),
                 "query_source": source,
@@ -441,6 +456,7 @@ class VideoIndex:
             "recall": {
                 "k": k,
                 "at_k": round(chosen.recall, 5),
+                "at_k_stderr": round(chosen.stderr, 5),
                 "at_10": None if recall_10 is None else round(recall_10, 5),
             },
             "latency": {
@@ -514,9 +530,7 @@ class VideoIndex:
         Raises:
             DataError: Bad queries (shape, dtype, dimension, NaN, zero vector), k or exclude.
         """
-        q = _check_vectors(queries, "queries", self.dim)
-        if self._config.normalize:
-            q = _normalized(q, "queries")
+        q = self._prepare_queries(queries)
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise DataError(f"k must be an int >= 1, got {k!r}")
         k = int(k)
@@ -529,23 +543,63 @@ class VideoIndex:
             self._ensure_usable()
             return self._search_locked(q, k, excluded)
 
+    def _prepare_queries(self, queries: Any) -> np.ndarray:
+        """Validated (and, if configured, unit-norm) ``[q, d] float32`` queries.
+
+        Kept lean: this runs on every request.
+        """
+        if (
+            not isinstance(queries, np.ndarray)
+            or queries.ndim != 2
+            or queries.dtype != np.float32
+            or queries.shape[1] != self.dim
+        ):
+            _check_vectors(queries, "queries", self.dim)  # raises the precise error
+        norms = np.sqrt(np.einsum("ij,ij->i", queries, queries))
+        if len(norms) and not (norms.min() > 0 and math.isfinite(norms.sum())):
+            _check_vectors(queries, "queries", self.dim)  # NaN / inf rows
+            bad = np.flatnonzero(norms <= 0)
+            raise DataError(
+                f"queries: {len(bad)} zero vector(s) cannot be searched (rows {bad[:5].tolist()})"
+            )
+        if self._config.normalize:
+            return queries / norms[:, None]
+        return np.ascontiguousarray(queries)
+
     def _search_locked(
         self, q: np.ndarray, k: int, excluded: list[np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray]:
         nq = len(q)
-        out_ids = np.full((nq, k), -1, dtype=np.int64)
-        out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
         labels = self._labels
         positions = len(labels)
         if nq == 0 or self._count == 0:
-            return out_scores, out_ids
+            return (
+                np.full((nq, k), -np.inf, dtype=np.float32),
+                np.full((nq, k), -1, dtype=np.int64),
+            )
         state = self._state
         point, params = state.point, state.params
         extra = max((len(e) for e in excluded), default=0) if excluded else 0
         fetch = min(k + extra, positions)
+        if point.k_factor is not None and fetch < self._config.recall_k:
+            # The refine stage was tuned to re-rank k_factor * recall_k candidates; re-rank as
+            # many for a shorter list so that recall@10 is not worse than the tuned recall@K.
+            point = dataclasses.replace(
+                point, k_factor=point.k_factor * self._config.recall_k / fetch
+            )
+            params = search_parameters(self._layout, point, state.selector)
+        if fetch == k and not excluded:  # common case: no refill needed unless a slot is empty
+            scores, found = self._index.search(q, k, params=params)
+            if found.min() >= 0:
+                ids = labels[found]
+                if ids.min() >= 0:
+                    return scores, ids
+        out_ids = np.full((nq, k), -1, dtype=np.int64)
+        out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
         rows = np.arange(nq)
-        for _ in range(_MAX_SEARCH_ATTEMPTS):
-            scores, found = self._index.search(q[rows], fetch, params=params)
+        for attempt in range(_MAX_SEARCH_ATTEMPTS):
+            sub = q if attempt == 0 else q[rows]
+            scores, found = self._index.search(sub, fetch, params=params)
             ids = np.where(found >= 0, labels[np.maximum(found, 0)], -1)
             valid = ids >= 0
             if excluded:
