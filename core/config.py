@@ -232,9 +232,6 @@ class IndexConfig:
         recall_confidence_z: An operating point counts as reaching the target only when its mean
             recall minus this many standard errors (over the tuning queries) does; 0 compares
             the mean alone.
-        recall_confidence_z: An operating point counts as reaching the target only when its mean
-            recall minus this many standard errors (over the tuning queries) does; 0 compares
-            the mean alone.
         tuning_queries: Held-out queries used for tuning (sampled down to this many).
         latency_queries: Single queries timed for the p50/p99 in the report.
         single_query_threads: OpenMP threads of a one-query search (1: request threads do not
@@ -266,7 +263,6 @@ class IndexConfig:
     refine_k_factor: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
     target_recall: float = 0.95
     recall_k: int = 100
-    recall_confidence_z: float = 2.0
     recall_confidence_z: float = 2.0
     tuning_queries: int = 1_000
     latency_queries: int = 300
@@ -328,7 +324,6 @@ class IndexConfig:
             f"must be in (0, 1], got {self.target_recall}",
         )
         require(self.recall_k >= 1, f"{f}.recall_k", f"must be >= 1, got {self.recall_k}")
-        require(self.recall_confidence_z >= 0, f"{f}.recall_confidence_z", "must be >= 0")
         require(self.recall_confidence_z >= 0, f"{f}.recall_confidence_z", "must be >= 0")
         require(self.tuning_queries >= 1, f"{f}.tuning_queries", "must be >= 1")
         require(self.latency_queries >= 1, f"{f}.latency_queries", "must be >= 1")
