@@ -1,0 +1,595 @@
+"""ANN benchmark: vidrec's Faiss index kinds side by side with exact search and ScaNN.
+
+Data: a mixture of anisotropic Gaussian clusters with Zipf-skewed sizes (popular topics hold
+most videos), L2-normalised; queries come from the same mixture but are held out (one set tunes,
+another set is measured). Every method is tuned to the same recall@100 target on the tuning
+queries, then measured on the evaluation queries: recall@10/100 against exact search,
+single-query p50/p99 (one thread), batch throughput (all cores), build time and peak memory.
+Each method runs in its own process so its peak memory is its own.
+
+    python benchmarks/ann.py --sizes 100000            # quick
+    python benchmarks/ann.py --sizes 100000 1000000    # the full table
+
+Writes ``results.json``, ``results.md`` and ``recall_latency.png`` under ``--out``. The process
+never imports TensorFlow: ScaNN's package ``__init__`` tries to load its TF op, so
+``sys.modules["tensorflow"] = None`` makes it fall back to the pure pybind API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+METHODS = ("exact", "hnsw", "ivf_hnsw_pq", "scann")
+K = 100
+
+
+def block_tensorflow() -> None:
+    """Makes ``import tensorflow`` fail fast in this process (ScaNN then uses pybind only)."""
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def clustered_embeddings(
+    n: int, dim: int, clusters: int, seed: int, *, zipf: float = 0.9, spread: float = 0.35
+) -> np.ndarray:
+    """``[n, dim] float32`` unit vectors from a skewed mixture of anisotropic Gaussians.
+
+    Cluster sizes follow a Zipf law with exponent ``zipf``; each cluster has its own decaying
+    spectrum of axis scales (random order of axes) and one of 16 random rotations.
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, clusters + 1) ** zipf
+    weights = rng.permutation(weights / weights.sum())
+    assign = rng.choice(clusters, size=n, p=weights)
+    decay = np.exp(-np.arange(dim) / (dim / 3.0)).astype(np.float32)
+    scales = np.stack([rng.permutation(decay) for _ in range(clusters)])
+    scales *= (spread * rng.uniform(0.3, 1.0, (clusters, 1))).astype(np.float32)
+    rotations = [
+        np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32) for _ in range(16)
+    ]
+    rotation_of = rng.integers(0, len(rotations), clusters)
+    out = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 100_000):
+        a = assign[s : s + 100_000]
+        z = rng.standard_normal((len(a), dim)).astype(np.float32) * scales[a]
+        block = np.empty_like(z)
+        for r, rot in enumerate(rotations):
+            rows = rotation_of[a] == r
+            block[rows] = z[rows] @ rot
+        block += centers[a]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[s : s + 100_000] = block
+    return out
+
+
+def prepare(size: int, args: argparse.Namespace, cache: Path) -> None:
+    """Generates the catalogue and both query sets, and the exact top-100 of each query set."""
+    from index.tuning import exact_search
+
+    if (cache / "done").exists():
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    nq = args.tuning_queries + args.queries
+    x = clustered_embeddings(
+        size + nq, args.dim, args.clusters, args.seed, zipf=args.zipf, spread=args.spread
+    )
+    rng = np.random.default_rng(args.seed + 1)
+    held_out = rng.choice(size + nq, size=nq, replace=False)
+    mask = np.zeros(size + nq, dtype=bool)
+    mask[held_out] = True
+    catalogue, queries = x[~mask], x[mask]
+    ids = rng.permutation(np.arange(size, dtype=np.int64) * 3 + 17)  # not positions
+    tune_q, eval_q = queries[: args.tuning_queries], queries[args.tuning_queries :]
+    chunks = [(catalogue[s : s + 200_000], ids[s : s + 200_000]) for s in range(0, size, 200_000)]
+    _, gt_tune = exact_search(tune_q, chunks, K)
+    scores_eval, gt_eval = exact_search(eval_q, chunks, K)
+    stats = {  # how hard the data is: similarity of the 1st/10th/100th true neighbour
+        f"median_cos_at_{r}": round(float(np.median(scores_eval[:, r - 1])), 4)
+        for r in (1, 10, 100)
+    }
+    (cache / "stats.json").write_text(json.dumps(stats))
+    for name, arr in (
+        ("x", catalogue),
+        ("ids", ids),
+        ("tune_q", tune_q),
+        ("eval_q", eval_q),
+        ("gt_tune", gt_tune),
+        ("gt_eval", gt_eval),
+    ):
+        np.save(cache / f"{name}.npy", arr)
+    (cache / "done").write_text("ok")
+    print(
+        f"[data] {size} videos x {args.dim}: generated + exact top-{K} in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def single_latency(
+    search_one: Callable[[np.ndarray], object], queries: np.ndarray, count: int
+) -> dict[str, float]:
+    """p50/p99 in ms of ``count`` one-query calls, after a warm-up."""
+    from index.tuning import latency_profile
+
+    out = latency_profile(search_one, queries, count, warmup=50)
+    return {"p50_ms": round(out["p50_ms"], 4), "p99_ms": round(out["p99_ms"], 4)}
+
+
+def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    from index.tuning import recall_at_k
+
+    return round(recall_at_k(found, truth, k), 5)
+
+
+def load(cache: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.load(p) for p in cache.glob("*.npy")}
+
+
+# ---------------------------------------------------------------------------------- workers
+
+
+def run_faiss(kind: str, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Builds, tunes and measures one `VideoIndex` kind (``exact`` is the ``flat`` kind)."""
+    from core.config import IndexConfig
+    from index import OperatingPoint, VideoIndex
+
+    d = load(cache)
+    base_rss = rss_mb()
+    cfg = IndexConfig(
+        kind="flat" if kind == "exact" else kind,
+        target_recall=args.target_recall,
+        recall_k=K,
+        tuning_queries=len(d["tune_q"]),
+        latency_queries=200,
+        memory_budget_mb=16_384,
+    )
+    started = time.perf_counter()
+    index = VideoIndex.build(d["x"], d["ids"], cfg, tuning_queries=d["tune_q"])
+    total = time.perf_counter() - started
+    peak = peak_rss_mb()
+    report = index.report
+    eval_q, gt = d["eval_q"], d["gt_eval"]
+    _, found = index.search(eval_q, K)
+    _, found10 = index.search(eval_q, 10)
+    latency = single_latency(lambda q: index.search(q, K), eval_q, args.latency_queries)
+    index.search(eval_q[:100], K)
+    t0 = time.perf_counter()
+    index.search(eval_q, K)
+    qps = len(eval_q) / (time.perf_counter() - t0)
+
+    sweep = []
+    chosen = index.operating_point
+    if kind == "hnsw":
+        points = [OperatingPoint(ef_search=ef) for ef in (100, 128, 160, 192, 256, 384, 512)]
+    elif kind == "ivf_hnsw_pq":
+        points = [
+            OperatingPoint(nprobe=p, quantizer_ef_search=2 * p, k_factor=f)
+            for f in (4.0, 8.0, 16.0, 32.0)
+            for p in (8, 16, 32, 64, 128)
+            if p <= index.layout.nlist
+        ]
+    else:
+        points = []
+    for point in points:
+        index.set_operating_point(point)
+        _, f = index.search(eval_q, K)
+        lat = single_latency(lambda q: index.search(q, K), eval_q, 200)
+        sweep.append({"params": point.to_dict(), "recall_at_100": recall(f, gt, K), **lat})
+    index.set_operating_point(chosen)
+
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        t0 = time.perf_counter()
+        index.save(tmp)
+        save_s = time.perf_counter() - t0
+        size_mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 2**20
+        t0 = time.perf_counter()
+        VideoIndex.load(tmp, expected_dim=index.dim)
+        load_s = time.perf_counter() - t0
+    return {
+        "method": kind,
+        "factory": index.factory,
+        "operating_point": chosen.to_dict(),
+        "build_seconds": report["build"]["build_seconds"],
+        "tune_seconds": report["build"].get("tune_seconds"),
+        "total_seconds": round(total, 2),
+        "peak_rss_mb": round(peak, 1),
+        "peak_over_data_mb": round(peak - base_rss, 1),
+        "tuning_recall_at_100": report["recall"]["at_k"],
+        "recall_at_10": recall(found10, gt, 10),
+        "recall_at_100": recall(found, gt, K),
+        **latency,
+        "batch_qps": round(qps, 1),
+        "saved_mb": round(size_mb, 1),
+        "save_seconds": round(save_s, 2),
+        "load_seconds": round(load_s, 2),
+        "sweep": sweep,
+    }
+
+
+def run_scann(cache: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Builds ScaNN (tree + asymmetric hashing + reorder), tunes it to the same target, measures."""
+    block_tensorflow()
+    from scann.scann_ops.py import scann_ops_pybind
+
+    from core.config import IndexConfig
+    from index.tuning import per_query_recall
+
+    z = IndexConfig().recall_confidence_z  # the same confidence margin the Faiss index uses
+
+    d = load(cache)
+    x, ids = d["x"], d["ids"]
+    base_rss = rss_mb()
+    n = len(x)
+    leaves = max(16, round(2 * math.sqrt(n)))
+    started = time.perf_counter()
+    searcher = (
+        scann_ops_pybind.builder(x, K, "dot_product")
+        .tree(
+            num_leaves=leaves,
+            num_leaves_to_search=max(1, leaves // 20),
+            training_sample_size=min(n, 250_000),
+        )
+        .score_ah(2, anisotropic_quantization_threshold=0.2)
+        .reorder(4 * K)
+        .build()
+    )
+    build_s = time.perf_counter() - started
+    peak = peak_rss_mb()
+
+    def run(q: np.ndarray, k: int, reorder: int, lts: int) -> np.ndarray:
+        rows, _ = searcher.search_batched(
+            q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder, leaves_to_search=lts
+        )
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+
+    # Tune like the Faiss index: walk leaves_to_search upwards for each reorder budget, keep the
+    # cheapest point that reaches the target on the tuning queries.
+    tuning_started = time.perf_counter()
+    trials, feasible = [], []
+    ladder = [lt for lt in (5, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480) if lt <= leaves]
+    for reorder in (100, 150, 200, 300, 400, 800):
+        best, stalled = -1.0, 0
+        for lts in ladder:
+            t0 = time.perf_counter()
+            found = run(d["tune_q"], K, reorder, lts)
+            ms = 1e3 * (time.perf_counter() - t0) / len(found)
+            per_query = per_query_recall(found, d["gt_tune"], K)
+            r = round(float(per_query.mean()), 5)
+            stderr = float(per_query.std(ddof=1) / math.sqrt(len(per_query)))
+            trial = {
+                "reorder": reorder,
+                "leaves_to_search": lts,
+                "recall": r,
+                "ms_per_query": round(ms, 4),
+            }
+            trials.append(trial)
+            if r - z * stderr >= args.target_recall:
+                feasible.append(trial)
+                break
+            stalled = stalled + 1 if r <= best + 1e-3 else 0
+            best = max(best, r)
+            if stalled >= 3:
+                break
+    tune_s = time.perf_counter() - tuning_started
+    if not feasible:
+        best_trial = max(trials, key=lambda t: t["recall"])
+        return {
+            "method": "scann",
+            "error": f"target not reached; best {best_trial}",
+            "trials": trials,
+        }
+    chosen = min(feasible, key=lambda t: t["ms_per_query"])
+    reorder, lts = chosen["reorder"], chosen["leaves_to_search"]
+
+    eval_q, gt = d["eval_q"], d["gt_eval"]
+    found = run(eval_q, K, reorder, lts)
+    found10 = run(eval_q, 10, reorder, lts)
+    searcher.set_num_threads(1)
+
+    def one(q: np.ndarray, reorder: int = reorder, lts: int = lts) -> object:
+        return searcher.search(
+            q[0], final_num_neighbors=K, pre_reorder_num_neighbors=reorder, leaves_to_search=lts
+        )
+
+    latency = single_latency(one, eval_q, args.latency_queries)
+    searcher.set_num_threads(os.cpu_count() or 1)
+    searcher.search_batched_parallel(eval_q[:100], K, reorder, lts)
+    t0 = time.perf_counter()
+    searcher.search_batched_parallel(eval_q, K, reorder, lts)
+    qps = len(eval_q) / (time.perf_counter() - t0)
+
+    sweep = []
+    searcher.set_num_threads(1)
+    for lt in ladder:
+        f = run(eval_q, K, reorder, lt)
+        lat = single_latency(lambda q, lt=lt: one(q, reorder, lt), eval_q, 200)
+        sweep.append(
+            {
+                "params": {"reorder": reorder, "leaves_to_search": lt},
+                "recall_at_100": recall(f, gt, K),
+                **lat,
+            }
+        )
+    return {
+        "method": "scann",
+        "factory": f"tree{leaves},AH(2 dims/block, aniso 0.2),reorder",
+        "operating_point": {"leaves_to_search": lts, "pre_reorder_num_neighbors": reorder},
+        "build_seconds": round(build_s, 2),
+        "tune_seconds": round(tune_s, 2),
+        "total_seconds": round(build_s + tune_s, 2),
+        "peak_rss_mb": round(peak, 1),
+        "peak_over_data_mb": round(peak - base_rss, 1),
+        "tuning_recall_at_100": chosen["recall"],
+        "recall_at_10": recall(found10, gt, 10),
+        "recall_at_100": recall(found, gt, K),
+        **latency,
+        "batch_qps": round(qps, 1),
+        "sweep": sweep,
+        "trials": trials,
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    block_tensorflow()
+    cache = Path(args.cache)
+    load_before = os.getloadavg()[0]
+    if args.worker == "scann":
+        result = run_scann(cache, args)
+    else:
+        result = run_faiss(args.worker, cache, args)
+    result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    leaked = [m for m, mod in sys.modules.items() if m.startswith("tensorflow") and mod is not None]
+    result["tensorflow_imported"] = bool(leaked)
+    Path(args.result).write_text(json.dumps(result, indent=2))
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+COLUMNS = (
+    ("method", "method"),
+    ("build_seconds", "build s"),
+    ("tune_seconds", "tune s"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("peak_over_data_mb", "over data MB"),
+    ("recall_at_10", "R@10"),
+    ("recall_at_100", "R@100"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("batch_qps", "batch QPS"),
+    ("speedup", "p50 vs exact"),
+    ("vs_scann", "p50 / ScaNN p50"),
+    ("operating_point", "operating point"),
+)
+
+
+def table(size: int, results: dict[str, dict[str, Any]], stats: dict[str, float]) -> str:
+    exact = results.get("exact", {}).get("p50_ms")
+    scann = results.get("scann", {}).get("p50_ms")
+    lines = [
+        f"### {size:,} videos",
+        "",
+        "Median similarity of the 1st / 10th / 100th true neighbour: "
+        + " / ".join(str(stats.get(f"median_cos_at_{r}")) for r in (1, 10, 100)),
+        "",
+        "| " + " | ".join(c[1] for c in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for method in METHODS:
+        r = results.get(method)
+        if r is None:
+            continue
+        if "error" in r:
+            lines.append(f"| {method} | error: {r['error'][:80]} |")
+            continue
+        row = dict(r)
+        row["speedup"] = f"{exact / r['p50_ms']:.1f}x" if exact else ""
+        row["vs_scann"] = f"{r['p50_ms'] / scann:.2f}" if scann else ""
+        row["operating_point"] = json.dumps(r.get("operating_point", {}), sort_keys=True)
+        lines.append("| " + " | ".join(str(row.get(c[0], "")) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def plot(all_results: dict[str, dict[str, dict[str, Any]]], target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(all_results, key=int)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), squeeze=False)
+    colors = {
+        "exact": "black",
+        "hnsw": "tab:blue",
+        "ivf_hnsw_pq": "tab:orange",
+        "scann": "tab:green",
+    }
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for method, r in all_results[size].items():
+            if "error" in r:
+                continue
+            c = colors.get(method, "gray")
+            sweep = sorted(r.get("sweep", []), key=lambda s: s["recall_at_100"])
+            if sweep:
+                ax.plot(
+                    [s["recall_at_100"] for s in sweep],
+                    [s["p50_ms"] for s in sweep],
+                    "o-",
+                    color=c,
+                    alpha=0.5,
+                    ms=3,
+                    label=f"{method} sweep",
+                )
+            ax.plot(
+                [r["recall_at_100"]],
+                [r["p50_ms"]],
+                "*",
+                color=c,
+                ms=14,
+                label=f"{method} tuned ({r['p50_ms']:.3f} ms)",
+            )
+        ax.axvline(target, color="gray", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@100 vs exact (held-out queries)")
+        ax.set_ylabel("single-query p50 latency, ms (1 thread)")
+        ax.set_title(f"{int(size):,} videos, d=64")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    block_tensorflow()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--clusters", type=int, default=3_000)
+    parser.add_argument("--spread", type=float, default=0.25, help="within-cluster scale")
+    parser.add_argument("--zipf", type=float, default=0.9, help="cluster popularity skew")
+    parser.add_argument("--queries", type=int, default=1_000, help="evaluation queries")
+    parser.add_argument("--tuning-queries", type=int, default=1_000)
+    parser.add_argument("--latency-queries", type=int, default=1_000)
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench/ann"))
+    parser.add_argument("--keep-cache", action="store_true", help="keep generated data")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+
+    import faiss
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    all_results: dict[str, dict[str, dict[str, Any]]] = {}
+    data_stats: dict[str, dict[str, float]] = {}
+    started = time.perf_counter()
+    for size in args.sizes:
+        tag = f"n{size}-d{args.dim}-c{args.clusters}-sp{args.spread}-z{args.zipf}-s{args.seed}"
+        cache = args.out / "cache" / tag
+        prepare(size, args, cache)
+        data_stats[str(size)] = json.loads((cache / "stats.json").read_text())
+        all_results[str(size)] = {}
+        for method in args.methods:
+            result_path = cache / f"{method}.json"
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                method,
+                "--cache",
+                str(cache),
+                "--result",
+                str(result_path),
+                "--target-recall",
+                str(args.target_recall),
+                "--latency-queries",
+                str(args.latency_queries),
+            ]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0 or not result_path.exists():
+                tail = (proc.stderr or "").strip().splitlines()[-3:]
+                all_results[str(size)][method] = {"method": method, "error": " / ".join(tail)}
+                print(f"[{size}] {method}: FAILED {tail}", flush=True)
+                continue
+            r = json.loads(result_path.read_text())
+            all_results[str(size)][method] = r
+            print(
+                f"[{size}] {method}: R@100 {r.get('recall_at_100')} p50 {r.get('p50_ms')} ms "
+                f"build {r.get('build_seconds')} s ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+        if not args.keep_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    meta = {
+        "command": "python benchmarks/ann.py " + " ".join(sys.argv[1:]),
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "scann": _version("scann"),
+        "dim": args.dim,
+        "clusters": args.clusters,
+        "spread": args.spread,
+        "zipf": args.zipf,
+        "data_stats": data_stats,
+        "queries": args.queries,
+        "tuning_queries": args.tuning_queries,
+        "target_recall": args.target_recall,
+        "k": K,
+    }
+    (args.out / "results.json").write_text(
+        json.dumps({"meta": meta, "results": all_results}, indent=2)
+    )
+    text = "\n\n".join(table(int(s), r, data_stats[s]) for s, r in all_results.items())
+    (args.out / "results.md").write_text(text + "\n")
+    plot(all_results, args.target_recall, args.out / "recall_latency.png")
+    print()
+    print(text)
+    print(f"\nwrote {args.out / 'results.json'}, results.md, recall_latency.png")
+    return 0
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
