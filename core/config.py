@@ -232,6 +232,10 @@ class IndexConfig:
         recall_confidence_z: An operating point counts as reaching the target only when its mean
             recall minus this many standard errors (over the tuning queries) does; 0 compares
             the mean alone.
+        query_recall_floor: A tuning query whose own recall@K is below this has failed (e.g. an
+            HNSW search trapped outside the query's cluster returns nothing relevant).
+        max_failed_queries: Largest fraction of failed tuning queries an operating point may
+            have; a good mean can hide users who get no relevant candidates at all.
         tuning_queries: Held-out queries used for tuning (sampled down to this many).
         latency_queries: Single queries timed for the p50/p99 in the report.
         single_query_threads: OpenMP threads of a one-query search (1: request threads do not
@@ -264,6 +268,8 @@ class IndexConfig:
     target_recall: float = 0.95
     recall_k: int = 100
     recall_confidence_z: float = 2.0
+    query_recall_floor: float = 0.5
+    max_failed_queries: float = 0.01
     tuning_queries: int = 1_000
     latency_queries: int = 300
     single_query_threads: int = 1
@@ -325,6 +331,12 @@ class IndexConfig:
         )
         require(self.recall_k >= 1, f"{f}.recall_k", f"must be >= 1, got {self.recall_k}")
         require(self.recall_confidence_z >= 0, f"{f}.recall_confidence_z", "must be >= 0")
+        require(
+            0.0 <= self.query_recall_floor <= 1.0, f"{f}.query_recall_floor", "must be in [0, 1]"
+        )
+        require(
+            0.0 <= self.max_failed_queries <= 1.0, f"{f}.max_failed_queries", "must be in [0, 1]"
+        )
         require(self.tuning_queries >= 1, f"{f}.tuning_queries", "must be >= 1")
         require(self.latency_queries >= 1, f"{f}.latency_queries", "must be >= 1")
         require(self.single_query_threads >= 1, f"{f}.single_query_threads", "must be >= 1")

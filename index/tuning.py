@@ -22,20 +22,56 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
+class Criteria:
+    """When an operating point is good enough.
+
+    Attributes:
+        target: Mean recall@K to reach.
+        confidence_z: The mean minus this many standard errors must reach ``target``.
+        floor: A query whose own recall is below this has failed.
+        max_failed: Largest fraction of failed queries allowed.
+    """
+
+    target: float
+    confidence_z: float = 0.0
+    floor: float = 0.0
+    max_failed: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Trial:
     """One operating point measured during tuning.
 
     Attributes:
         point: The parameters.
         recall: Mean recall@K against exact search on the tuning queries.
-        ms_per_query: Wall time of the batch search divided by the number of queries.
         stderr: Standard error of ``recall`` over the queries.
+        failed: Fraction of queries whose recall is below the criteria's floor.
+        ms_per_query: Wall time of the batch search divided by the number of queries.
     """
 
     point: OperatingPoint
     recall: float
+    stderr: float
+    failed: float
     ms_per_query: float
-    stderr: float = 0.0
+
+    @classmethod
+    def measure(
+        cls, point: OperatingPoint, per_query: np.ndarray, ms_per_query: float, floor: float
+    ) -> Trial:
+        """Summarises per-query recalls ``[q] float64`` of ``point``."""
+        n = len(per_query)
+        stderr = float(per_query.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        failed = float(np.mean(per_query < floor)) if n else 0.0
+        return cls(point, float(per_query.mean()) if n else 1.0, stderr, failed, ms_per_query)
+
+    def passes(self, criteria: Criteria) -> bool:
+        """Whether this point meets ``criteria``."""
+        return (
+            self.recall - criteria.confidence_z * self.stderr >= criteria.target
+            and self.failed <= criteria.max_failed
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the report."""
@@ -43,6 +79,7 @@ class Trial:
             "params": self.point.to_dict(),
             "recall": round(self.recall, 5),
             "recall_stderr": round(self.stderr, 5),
+            "failed_queries": round(self.failed, 5),
             "ms_per_query": round(self.ms_per_query, 5),
         }
 
@@ -101,29 +138,27 @@ def per_query_recall(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray
 
 def walk_ladders(
     ladders: list[list[OperatingPoint]],
-    evaluate: Callable[[OperatingPoint], tuple[float, float, float]],
-    target: float,
+    evaluate: Callable[[OperatingPoint], tuple[np.ndarray, float]],
+    criteria: Criteria,
     *,
-    confidence_z: float = 0.0,
     plateau: float = 1e-3,
     patience: int = 3,
 ) -> tuple[Trial | None, list[Trial]]:
-    """Finds the cheapest operating point whose recall reaches ``target``.
+    """Finds the cheapest operating point that meets ``criteria``.
 
-    Each ladder is walked upwards until a rung meets the target (higher rungs only cost more),
-    recall stops improving for ``patience`` rungs, or a rung already costs more than the cheapest
-    point found so far.
+    Each ladder is walked upwards until a rung passes (higher rungs only cost more), recall
+    stops improving for ``patience`` rungs, or a rung already costs more than the cheapest
+    passing point found so far.
 
     Args:
         ladders: Operating points, each list ordered from cheapest to most accurate.
-        evaluate: Returns ``(recall, ms_per_query, recall_stderr)`` of a point.
-        target: Recall to reach.
-        confidence_z: A point reaches the target when ``recall - confidence_z * stderr`` does.
+        evaluate: Returns the per-query recalls ``[q] float64`` and the ms per query of a point.
+        criteria: What counts as good enough.
         plateau: Smallest recall gain that counts as an improvement.
         patience: Rungs without improvement before a ladder is abandoned.
 
     Returns:
-        The chosen trial (``None`` when no point reached the target) and all trials.
+        The chosen trial (``None`` when no point passed) and all trials.
     """
     trials: list[Trial] = []
     feasible: list[Trial] = []
@@ -131,17 +166,23 @@ def walk_ladders(
         best = -1.0
         stalled = 0
         for point in ladder:
-            recall, ms, stderr = evaluate(point)
-            trial = Trial(point=point, recall=recall, ms_per_query=ms, stderr=stderr)
+            per_query, ms = evaluate(point)
+            trial = Trial.measure(point, per_query, ms, criteria.floor)
             trials.append(trial)
-            logger.debug("tuning %s: recall %.4f, %.4f ms/query", point.to_dict(), recall, ms)
-            if recall - confidence_z * stderr >= target:
+            logger.debug(
+                "tuning %s: recall %.4f, %.2f%% failed, %.4f ms/query",
+                point.to_dict(),
+                trial.recall,
+                100 * trial.failed,
+                ms,
+            )
+            if trial.passes(criteria):
                 feasible.append(trial)
                 break
             if feasible and ms > min(t.ms_per_query for t in feasible):
                 break
-            stalled = stalled + 1 if recall <= best + plateau else 0
-            best = max(best, recall)
+            stalled = stalled + 1 if trial.recall <= best + plateau else 0
+            best = max(best, trial.recall)
             if stalled >= patience:
                 break
     chosen = min(feasible, key=lambda t: t.ms_per_query) if feasible else None

@@ -56,6 +56,7 @@ from index.structures import (
     search_parameters,
 )
 from index.tuning import (
+    Criteria,
     exact_search,
     latency_profile,
     per_query_recall,
@@ -402,34 +403,41 @@ class VideoIndex:
             gt_seconds = time.perf_counter() - gt_started
         logger.info("exact ground truth for %d queries, k=%d: %.1f s", len(q), k, gt_seconds)
 
-        def evaluate(point: OperatingPoint) -> tuple[float, float, float]:
+        def evaluate(point: OperatingPoint) -> tuple[np.ndarray, float]:
             found, seconds = self._timed_raw_search(q, k, point)
-            per_query = per_query_recall(found, truth, k)
-            stderr = float(per_query.std(ddof=1) / np.sqrt(len(q))) if len(q) > 1 else 0.0
-            return float(per_query.mean()), 1e3 * seconds / len(q), stderr
+            return per_query_recall(found, truth, k), 1e3 * seconds / len(q)
 
-        chosen, trials = walk_ladders(
-            candidate_ladders(self._layout, cfg, k),
-            evaluate,
-            cfg.target_recall,
+        criteria = Criteria(
+            target=cfg.target_recall,
             confidence_z=cfg.recall_confidence_z,
+            floor=cfg.query_recall_floor,
+            max_failed=cfg.max_failed_queries,
         )
+        chosen, trials = walk_ladders(candidate_ladders(self._layout, cfg, k), evaluate, criteria)
         if chosen is None:
-            best = max(trials, key=lambda t: t.recall)
+            best = max(
+                trials, key=lambda t: (t.recall - cfg.recall_confidence_z * t.stderr, -t.failed)
+            )
             raise IndexBuildError(
                 f"{self.kind} index ({self.factory}) cannot reach recall@{k} >= "
-                f"{cfg.target_recall} (index.target_recall): best {best.recall:.4f} "
-                f"(± {best.stderr:.4f}, need {cfg.recall_confidence_z:g} standard errors of "
-                f"margin) at {best.point.to_dict()} over {len(trials)} tried points; widen "
-                f"{_tuning_fields(self.kind, self._layout.refine)} or lower index.target_recall"
+                f"{cfg.target_recall} (index.target_recall, with index.recall_confidence_z="
+                f"{cfg.recall_confidence_z:g} standard errors of margin) while at most "
+                f"{cfg.max_failed_queries:.1%} of queries stay below recall "
+                f"{cfg.query_recall_floor} (index.max_failed_queries): best {best.recall:.4f} "
+                f"(± {best.stderr:.4f}, {best.failed:.1%} failed) at {best.point.to_dict()} over "
+                f"{len(trials)} tried points; widen "
+                f"{_tuning_fields(self.kind, self._layout.refine)} or lower the target"
             )
         self.set_operating_point(chosen.point)
         logger.info(
-            "operating point %s: recall@%d %.4f (target %.2f), %.3f ms/query in batch",
+            "operating point %s: recall@%d %.4f (target %.2f), %.2f%% of queries below %.2f, "
+            "%.3f ms/query in batch",
             chosen.point.to_dict(),
             k,
             chosen.recall,
             cfg.target_recall,
+            100 * chosen.failed,
+            cfg.query_recall_floor,
             chosen.ms_per_query,
         )
 
@@ -446,6 +454,8 @@ class VideoIndex:
             "tuning": {
                 "target_recall": cfg.target_recall,
                 "recall_confidence_z": cfg.recall_confidence_z,
+                "query_recall_floor": cfg.query_recall_floor,
+                "max_failed_queries": cfg.max_failed_queries,
                 "recall_k": k,
                 "queries": len(q),
                 "query_source": source,
@@ -457,6 +467,7 @@ class VideoIndex:
                 "k": k,
                 "at_k": round(chosen.recall, 5),
                 "at_k_stderr": round(chosen.stderr, 5),
+                "failed_queries": round(chosen.failed, 5),
                 "at_10": None if recall_10 is None else round(recall_10, 5),
             },
             "latency": {
