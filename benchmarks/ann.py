@@ -452,6 +452,15 @@ def table(size: int, results: dict[str, dict[str, Any]], stats: dict[str, float]
     return "\n".join(lines)
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (recall, latency) points no other point beats on both, by increasing recall."""
+    front: list[tuple[float, float]] = []
+    for recall_, latency in sorted(points, key=lambda p: (-p[0], p[1])):
+        if not front or latency < front[-1][1]:
+            front.append((recall_, latency))
+    return front[::-1]
+
+
 def plot(all_results: dict[str, dict[str, dict[str, Any]]], target: float, path: Path) -> None:
     import matplotlib
 
@@ -471,17 +480,17 @@ def plot(all_results: dict[str, dict[str, dict[str, Any]]], target: float, path:
             if "error" in r:
                 continue
             c = colors.get(method, "gray")
-            sweep = sorted(r.get("sweep", []), key=lambda s: s["recall_at_100"])
+            sweep = r.get("sweep", [])
             if sweep:
-                ax.plot(
+                ax.scatter(
                     [s["recall_at_100"] for s in sweep],
                     [s["p50_ms"] for s in sweep],
-                    "o-",
                     color=c,
-                    alpha=0.5,
-                    ms=3,
-                    label=f"{method} sweep",
+                    alpha=0.35,
+                    s=10,
                 )
+                front = pareto_front([(s["recall_at_100"], s["p50_ms"]) for s in sweep])
+                ax.plot(*zip(*front, strict=True), "-", color=c, alpha=0.6, label=f"{method} sweep")
             ax.plot(
                 [r["recall_at_100"]],
                 [r["p50_ms"]],
@@ -521,12 +530,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/ann"))
     parser.add_argument("--keep-cache", action="store_true", help="keep generated data")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the table and PNG from results.json"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
+        return 0
+
+    if args.replot:
+        saved = json.loads((args.out / "results.json").read_text())
+        write_outputs(args.out, saved["meta"], saved["results"])
         return 0
 
     import faiss
@@ -597,13 +614,20 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(
         json.dumps({"meta": meta, "results": all_results}, indent=2)
     )
-    text = "\n\n".join(table(int(s), r, data_stats[s]) for s, r in all_results.items())
-    (args.out / "results.md").write_text(text + "\n")
-    plot(all_results, args.target_recall, args.out / "recall_latency.png")
+    write_outputs(args.out, meta, all_results)
+    return 0
+
+
+def write_outputs(out: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
+    """Writes ``results.md`` and ``recall_latency.png`` and prints the tables."""
+    stats = meta.get("data_stats", {})
+    text = "\n\n".join(table(int(s), r, stats.get(s, {})) for s, r in results.items())
+    text = f"`{meta['command']}` (load average during the run: see results.json)\n\n" + text
+    (out / "results.md").write_text(text + "\n")
+    plot(results, meta["target_recall"], out / "recall_latency.png")
     print()
     print(text)
-    print(f"\nwrote {args.out / 'results.json'}, results.md, recall_latency.png")
-    return 0
+    print(f"\nwrote {out / 'results.json'}, results.md, recall_latency.png")
 
 
 def _version(package: str) -> str | None:

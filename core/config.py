@@ -269,7 +269,7 @@ class IndexConfig:
     recall_k: int = 100
     recall_confidence_z: float = 2.0
     query_recall_floor: float = 0.5
-    max_failed_queries: float = 0.01
+    max_failed_queries: float = 0.005
     tuning_queries: int = 1_000
     latency_queries: int = 300
     single_query_threads: int = 1
