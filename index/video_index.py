@@ -11,8 +11,9 @@ an `faiss.IDSelectorBitmap`, and every result goes through the id table, so a re
 never returned. Re-adding an id replaces its vector (the old position is dropped first). A later
 rebuild compacts tombstones.
 
-Searches may run from several threads at once; ``add``/``remove``/``tune`` take an exclusive lock.
-Search parameters are passed per call (`faiss.SearchParameters`), never set on the shared index.
+Searches may run from several threads at once; ``add``, ``remove``, ``merge_from`` and operating
+point changes take an exclusive lock. Search parameters are passed per call
+(`faiss.SearchParameters`), never set on the shared index.
 """
 
 from __future__ import annotations
@@ -894,7 +895,8 @@ class VideoIndex:
     def live_vectors(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yields ``(vectors [m, d] float32, ids [m] int64)`` chunks of the indexed videos.
 
-        Needs exact float storage (flat, HNSW, IVF-PQ with ``refine="flat"``).
+        Needs exact float storage (flat, HNSW, IVF-PQ with ``refine="flat"``). Holds the read
+        lock until the generator is exhausted or closed, so consume it promptly.
 
         Raises:
             IndexBuildError: The structure keeps only compressed codes.
