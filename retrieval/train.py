@@ -16,6 +16,7 @@ from core.features import FeatureSpace
 from core.metrics import metrics_from_ranks, target_ranks
 from core.sequences import Windows, training_windows
 from core.splits import EvalCases
+from core.training import EarlyStopping, TrainingHistory
 from core.vocab import FIRST_ID_ROW
 from retrieval.encoders import RetrievalEncoders
 from retrieval.model import TwoTowerModel
@@ -23,30 +24,6 @@ from retrieval.model import TwoTowerModel
 logger = logging.getLogger(__name__)
 
 MAX_VALIDATION_CASES = 3_000
-
-
-@dataclasses.dataclass
-class EpochRecord:
-    """One epoch of training: mean loss, validation metrics and wall time."""
-
-    epoch: int
-    loss: float
-    validation: dict[str, float]
-    seconds: float
-
-
-@dataclasses.dataclass
-class TrainingHistory:
-    """What happened during training, for reports and plots."""
-
-    epochs: list[EpochRecord] = dataclasses.field(default_factory=list)
-    best_epoch: int = 0
-    stop_reason: str = ""
-    num_examples: int = 0
-    num_windows: int = 0
-
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -109,70 +86,6 @@ def evaluate_retrieval(
     return metrics_from_ranks(ranks, ks, ns)
 
 
-class _ValidationCallback(tf.keras.callbacks.Callback):
-    """Early stopping on validation Recall@N with best-weights restore and a time budget."""
-
-    def __init__(
-        self,
-        trained: TrainedRetrieval,
-        validation: EvalCases | None,
-        started: float,
-    ) -> None:
-        super().__init__()
-        self.trained = trained
-        self.validation = validation
-        self.started = started
-        self.epoch_started = started
-        self.best_score = -np.inf
-        self.best_weights: list[np.ndarray] | None = None
-        self.bad_epochs = 0
-        self.key = f"recall@{trained.config.validation_recall_at}"
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch_started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        config = self.trained.config
-        history = self.trained.history
-        metrics: dict[str, float] = {}
-        if self.validation is not None:
-            metrics = evaluate_retrieval(
-                self.trained.encoders(), self.validation, ns=(config.validation_recall_at,)
-            )
-        loss = float((logs or {}).get("epoch_loss", np.nan))
-        seconds = time.perf_counter() - self.epoch_started
-        history.epochs.append(EpochRecord(epoch + 1, loss, metrics, seconds))
-        score = metrics.get(self.key, -loss)
-        logger.info(
-            "retrieval epoch %d/%d  loss %.4f  %s  (%.1f s)",
-            epoch + 1,
-            config.max_epochs,
-            loss,
-            "  ".join(f"val {k} {v:.4f}" for k, v in sorted(metrics.items()) if "@" in k),
-            seconds,
-        )
-        if score > self.best_score:
-            self.best_score = score
-            self.best_weights = self.model.get_weights()
-            history.best_epoch = epoch + 1
-            self.bad_epochs = 0
-        else:
-            self.bad_epochs += 1
-        elapsed = time.perf_counter() - self.started
-        if self.bad_epochs >= config.patience:
-            history.stop_reason = f"no better val {self.key} for {config.patience} epochs"
-            self.model.stop_training = True
-        elif config.max_train_seconds and elapsed + seconds > config.max_train_seconds:
-            history.stop_reason = f"time budget of {config.max_train_seconds:.0f} s reached"
-            self.model.stop_training = True
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-        if not self.trained.history.stop_reason:
-            self.trained.history.stop_reason = f"max_epochs={self.trained.config.max_epochs}"
-
-
 def train_retrieval(
     train_interactions: pd.DataFrame,
     features: FeatureSpace,
@@ -222,19 +135,32 @@ def train_retrieval(
     with strategy.scope():
         model = TwoTowerModel(features, config, frequency)
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    trained = TrainedRetrieval(
-        model,
-        features,
-        config,
-        TrainingHistory(num_examples=windows.num_examples, num_windows=len(windows)),
+    stopping = EarlyStopping(
+        "retrieval",
+        f"recall@{config.validation_recall_at}",
+        config.patience,
+        config.max_epochs,
+        config.max_train_seconds,
+        num_examples=windows.num_examples,
     )
+    trained = TrainedRetrieval(model, features, config, stopping.history)
     dataset = window_dataset(windows, features, config.batch_size, config.seed)
-    callback = _ValidationCallback(trained, validation, time.perf_counter())
-    model.fit(dataset, epochs=config.max_epochs, verbose=0, callbacks=[callback])
-    logger.info(
-        "retrieval: best epoch %d of %d (%s)",
-        trained.history.best_epoch,
-        len(trained.history.epochs),
-        trained.history.stop_reason,
-    )
+    while True:
+        started = time.perf_counter()
+        logs = model.fit(dataset, epochs=1, verbose=0).history
+        metrics = (
+            evaluate_retrieval(
+                trained.encoders(), validation, ns=(config.validation_recall_at,)
+            )
+            if validation is not None
+            else {}
+        )
+        if not stopping.record(
+            float(logs["epoch_loss"][-1]),
+            metrics,
+            time.perf_counter() - started,
+            model.get_weights,
+        ):
+            break
+    model.set_weights(stopping.best_snapshot)
     return trained
