@@ -47,7 +47,9 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         require(self.num_users >= 1, "synthetic.num_users", f"must be >= 1, got {self.num_users}")
-        require(self.num_videos >= 2, "synthetic.num_videos", f"must be >= 2, got {self.num_videos}")
+        require(
+            self.num_videos >= 2, "synthetic.num_videos", f"must be >= 2, got {self.num_videos}"
+        )
         require(
             self.num_events >= 5 * self.num_users,
             "synthetic.num_events",
@@ -92,7 +94,9 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         f = "features"
         require(
-            self.history_length >= 1, f"{f}.history_length", f"must be >= 1, got {self.history_length}"
+            self.history_length >= 1,
+            f"{f}.history_length",
+            f"must be >= 1, got {self.history_length}",
         )
         require(self.max_categories >= 1, f"{f}.max_categories", "must be >= 1")
         require(self.max_tokens >= 1, f"{f}.max_tokens", "must be >= 1")
@@ -139,7 +143,7 @@ class RetrievalConfig:
     remove_accidental_hits: bool = True
     extra_negatives: int = 1024
     window_stride: int = 50
-    batch_size: int = 128
+    batch_size: int = 32
     learning_rate: float = 1e-3
     max_epochs: int = 200
     patience: int = 5
@@ -149,7 +153,9 @@ class RetrievalConfig:
 
     def __post_init__(self) -> None:
         f = "retrieval"
-        require(self.embedding_dim >= 2, f"{f}.embedding_dim", f"must be >= 2, got {self.embedding_dim}")
+        require(
+            self.embedding_dim >= 2, f"{f}.embedding_dim", f"must be >= 2, got {self.embedding_dim}"
+        )
         require(
             self.embedding_dim % self.num_heads == 0 if self.num_heads > 0 else False,
             f"{f}.num_heads",
@@ -157,15 +163,102 @@ class RetrievalConfig:
         )
         require(self.num_blocks >= 1, f"{f}.num_blocks", f"must be >= 1, got {self.num_blocks}")
         require(0.0 <= self.dropout < 1.0, f"{f}.dropout", f"must be in [0, 1), got {self.dropout}")
-        require(0.0 <= self.id_dropout < 1.0, f"{f}.id_dropout", f"must be in [0, 1), got {self.id_dropout}")
+        require(
+            0.0 <= self.id_dropout < 1.0,
+            f"{f}.id_dropout",
+            f"must be in [0, 1), got {self.id_dropout}",
+        )
         require(self.temperature > 0.0, f"{f}.temperature", f"must be > 0, got {self.temperature}")
         require(self.extra_negatives >= 0, f"{f}.extra_negatives", "must be >= 0")
-        require(self.window_stride >= 1, f"{f}.window_stride", f"must be >= 1, got {self.window_stride}")
+        require(
+            self.window_stride >= 1, f"{f}.window_stride", f"must be >= 1, got {self.window_stride}"
+        )
         require(self.batch_size >= 2, f"{f}.batch_size", f"must be >= 2, got {self.batch_size}")
         require(self.learning_rate > 0.0, f"{f}.learning_rate", "must be > 0")
         require(self.max_epochs >= 1, f"{f}.max_epochs", f"must be >= 1, got {self.max_epochs}")
         require(self.patience >= 1, f"{f}.patience", f"must be >= 1, got {self.patience}")
         require(self.validation_recall_at >= 1, f"{f}.validation_recall_at", "must be >= 1")
+        require(self.max_train_seconds >= 0.0, f"{f}.max_train_seconds", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingConfig:
+    """Multi-head-attention ranker and its training (`ranking`).
+
+    Attributes:
+        dim: Width of the ranker's video and history representations.
+        num_heads: Heads of the history self-attention and of the candidate-to-history
+            (target) attention.
+        history_blocks: Self-attention blocks over the history before target attention.
+        hidden_units: Widths of the MLP over each candidate.
+        dropout: Dropout rate.
+        candidates: Videos retrieval hands to the ranker per request (N).
+        hard_negatives: Negatives per training example drawn from retrieval's top
+            ``candidates`` for the example's own history (what the ranker must order).
+        random_negatives: Negatives per example drawn uniformly from the catalogue.
+        engagement_weight: Serving score is ``log p(watch) + engagement_weight * log
+            engagement``; 0 ranks by the probability of being watched next alone.
+        engagement_loss_weight: Weight of the engagement head's loss beside the watch head's.
+        batch_size: Examples per training step.
+        learning_rate: Adam learning rate.
+        max_epochs: Upper bound on epochs.
+        patience: Epochs without a better validation NDCG@10 before stopping.
+        max_examples: Most recent training examples kept (bounds memory and time).
+        max_train_seconds: Wall-clock budget for training; 0 means none.
+        seed: Seed of initialisation, sampling and shuffling.
+    """
+
+    dim: int = 64
+    num_heads: int = 2
+    history_blocks: int = 1
+    hidden_units: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    candidates: int = 300
+    hard_negatives: int = 15
+    random_negatives: int = 4
+    engagement_weight: float = 0.2
+    engagement_loss_weight: float = 0.5
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    max_epochs: int = 50
+    patience: int = 3
+    max_examples: int = 1_000_000
+    max_train_seconds: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        f = "ranking"
+        require(self.dim >= 2, f"{f}.dim", f"must be >= 2, got {self.dim}")
+        require(
+            self.num_heads >= 1 and self.dim % self.num_heads == 0,
+            f"{f}.num_heads",
+            f"must be >= 1 and divide dim={self.dim}, got {self.num_heads}",
+        )
+        require(self.history_blocks >= 0, f"{f}.history_blocks", "must be >= 0")
+        require(
+            len(self.hidden_units) >= 1 and all(u >= 1 for u in self.hidden_units),
+            f"{f}.hidden_units",
+            f"must be one or more positive widths, got {self.hidden_units}",
+        )
+        require(0.0 <= self.dropout < 1.0, f"{f}.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.candidates >= 1, f"{f}.candidates", f"must be >= 1, got {self.candidates}")
+        require(
+            self.hard_negatives + self.random_negatives >= 1,
+            f"{f}.hard_negatives",
+            "hard_negatives + random_negatives must be >= 1",
+        )
+        require(
+            self.hard_negatives >= 0 and self.random_negatives >= 0,
+            f"{f}.hard_negatives",
+            "negative counts must be >= 0",
+        )
+        require(self.engagement_weight >= 0.0, f"{f}.engagement_weight", "must be >= 0")
+        require(self.engagement_loss_weight >= 0.0, f"{f}.engagement_loss_weight", "must be >= 0")
+        require(self.batch_size >= 1, f"{f}.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.learning_rate > 0.0, f"{f}.learning_rate", "must be > 0")
+        require(self.max_epochs >= 1, f"{f}.max_epochs", f"must be >= 1, got {self.max_epochs}")
+        require(self.patience >= 1, f"{f}.patience", f"must be >= 1, got {self.patience}")
+        require(self.max_examples >= 1, f"{f}.max_examples", "must be >= 1")
         require(self.max_train_seconds >= 0.0, f"{f}.max_train_seconds", "must be >= 0")
 
 
@@ -191,7 +284,9 @@ class EvaluationConfig:
         require(self.diversity_k >= 1, "evaluation.diversity_k", "must be >= 1")
         known = {"most_popular", "item_knn", "ease", "transition"}
         unknown = sorted(set(self.baselines) - known)
-        require(not unknown, "evaluation.baselines", f"unknown {unknown}; choose from {sorted(known)}")
+        require(
+            not unknown, "evaluation.baselines", f"unknown {unknown}; choose from {sorted(known)}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,8 +389,8 @@ class IndexConfig:
         for name in ("hnsw_ef_search", "ivf_nprobe"):
             values = getattr(self, name)
             require(
-                bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                     for v in values),
+                bool(values)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values),
                 f"{f}.{name}",
                 f"must be a non-empty list of ints >= 1, got {values!r}",
             )
@@ -317,7 +412,9 @@ class IndexConfig:
         )
         refines = ("flat", "sq8", "fp16", "none")
         require(
-            self.refine in refines, f"{f}.refine", f"must be one of {list(refines)}, got {self.refine!r}"
+            self.refine in refines,
+            f"{f}.refine",
+            f"must be one of {list(refines)}, got {self.refine!r}",
         )
         require(
             bool(self.refine_k_factor) and all(float(v) >= 1.0 for v in self.refine_k_factor),
@@ -351,6 +448,7 @@ class VidrecConfig:
 
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = dataclasses.field(default_factory=RankingConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
 
@@ -367,7 +465,9 @@ def config_from_dict(cls: type[T], payload: dict[str, Any], path: str = "") -> T
         ConfigError: An unknown key, or a value that fails validation.
     """
     if not isinstance(payload, dict):
-        raise ConfigError(f"{path or cls.__name__}: expected an object, got {type(payload).__name__}")
+        raise ConfigError(
+            f"{path or cls.__name__}: expected an object, got {type(payload).__name__}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(payload) - set(fields))
     if unknown:

@@ -440,3 +440,24 @@ def _video_arrays(
     )
     out.numeric[:] = np.stack([year, has_year, duration, has_duration, upload, has_upload], axis=1)
     return out
+
+
+def engagement_labels(interactions: pd.DataFrame, videos: pd.DataFrame) -> np.ndarray:
+    """How much each event engaged its user, in ``[0, 1]``; NaN when unknown.
+
+    Watch fraction (``watch_seconds / duration``) where both are known, else ``rating / 5``.
+
+    Returns:
+        ``[len(interactions)] float32``.
+    """
+    duration = (
+        videos.set_index("video_id")["duration"]
+        .reindex(interactions["video_id"].to_numpy(np.int64))
+        .to_numpy(np.float64)
+    )
+    watched = interactions["watch_seconds"].to_numpy(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.clip(watched / duration, 0.0, 1.0)
+    fraction[~(np.isfinite(fraction) & (duration > 0))] = np.nan
+    rating = np.clip(interactions["rating"].to_numpy(np.float64) / 5.0, 0.0, 1.0)
+    return np.where(np.isfinite(fraction), fraction, rating).astype(np.float32)

@@ -30,16 +30,12 @@ class Windows:
         targets: ``[w, length] int64`` video rows; ``targets[:, j]`` follows ``inputs[:, j]``.
         owned: ``[w, length] bool``; positions whose target this window trains on.
         user_rows: ``[w] int64`` user vocabulary rows.
-        target_timestamps: ``[w, length] int64`` seconds of each target event (0 on padding).
-        engagement: ``[w, length] float32`` engagement label of each target (NaN if unknown).
     """
 
     inputs: np.ndarray
     targets: np.ndarray
     owned: np.ndarray
     user_rows: np.ndarray
-    target_timestamps: np.ndarray
-    engagement: np.ndarray
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -55,7 +51,6 @@ def training_windows(
     features: FeatureSpace,
     length: int,
     stride: int | None = None,
-    engagement: np.ndarray | None = None,
 ) -> Windows:
     """Cuts every user's sequence into causal training windows.
 
@@ -64,7 +59,6 @@ def training_windows(
         features: Supplies the video and user vocabularies.
         length: Window length (the models' history length).
         stride: Step between windows; defaults to ``max(1, length // 2)``.
-        engagement: Optional ``[len(interactions)] float32`` label per event.
 
     Returns:
         The windows; users with a single event contribute none.
@@ -77,12 +71,6 @@ def training_windows(
         raise DataError(f"stride must be in [1, {length}], got {stride}")
     users = interactions["user_id"].to_numpy(np.int64)
     rows = features.video_vocab.lookup(interactions["video_id"].to_numpy(np.int64))
-    stamps = interactions["timestamp"].to_numpy(np.int64)
-    labels = (
-        np.full(len(rows), np.nan, dtype=np.float32)
-        if engagement is None
-        else np.asarray(engagement, dtype=np.float32)
-    )
     starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1, len(users)]
     spans: list[tuple[int, int, int]] = []  # (user start, window end position e, user length)
     for begin, end in itertools.pairwise(starts):
@@ -99,8 +87,6 @@ def training_windows(
     inputs = np.zeros((w, length), dtype=np.int64)
     targets = np.zeros((w, length), dtype=np.int64)
     owned = np.zeros((w, length), dtype=bool)
-    target_stamps = np.zeros((w, length), dtype=np.int64)
-    target_labels = np.full((w, length), np.nan, dtype=np.float32)
     user_rows = np.zeros(w, dtype=np.int64)
     user_row_of = features.user_vocab.lookup(users[starts[:-1]])
     user_index = np.searchsorted(starts[:-1], [s[0] for s in spans], side="right") - 1
@@ -111,8 +97,73 @@ def training_windows(
         positions = begin + np.arange(first, e + 1)
         targets[i, cols] = rows[positions]
         inputs[i, cols] = rows[positions - 1]
-        target_stamps[i, cols] = stamps[positions]
-        target_labels[i, cols] = labels[positions]
         owned[i, cols] = np.arange(first, e + 1) > e - stride
         user_rows[i] = user_row_of[user_index[i]]
-    return Windows(inputs, targets, owned, user_rows, target_stamps, target_labels)
+    return Windows(inputs, targets, owned, user_rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class NextWatchExamples:
+    """(history strictly before t, event at t) pairs as row indices into an interactions table.
+
+    Attributes:
+        history_events: ``[n, length] int64`` indices of the watches before the target, oldest
+            first, left-padded with -1.
+        target_events: ``[n] int64`` index of the target event.
+    """
+
+    history_events: np.ndarray
+    target_events: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.target_events)
+
+    def take(self, index: np.ndarray) -> NextWatchExamples:
+        """The examples at ``index``."""
+        return NextWatchExamples(self.history_events[index], self.target_events[index])
+
+    def gather(self, values: np.ndarray, fill: float | int = 0) -> np.ndarray:
+        """Per-event ``values`` laid out like ``history_events`` (``fill`` on padding)."""
+        out = values[np.maximum(self.history_events, 0)]
+        mask = self.history_events < 0
+        if out.ndim > 2:
+            mask = mask.reshape(mask.shape + (1,) * (out.ndim - 2))
+        return np.where(mask, np.asarray(fill, dtype=out.dtype), out)
+
+
+def next_watch_examples(
+    interactions: pd.DataFrame,
+    length: int,
+    max_examples: int | None = None,
+    min_history: int = 1,
+) -> NextWatchExamples:
+    """Every event with at least ``min_history`` earlier events of its user, as an example.
+
+    Args:
+        interactions: Validated interactions (sorted by user, then time).
+        length: History columns (the most recent ``length`` earlier events).
+        max_examples: Keep only the most recent this many examples (by timestamp).
+        min_history: Earlier events an example needs.
+
+    Returns:
+        The examples, ordered by user then time.
+
+    Raises:
+        DataError: No event has enough history.
+    """
+    users = interactions["user_id"].to_numpy(np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
+    counts = np.diff(np.r_[starts, len(users)])
+    user_start = np.repeat(starts, counts)
+    events = np.arange(len(users), dtype=np.int64)
+    keep = events - user_start >= min_history
+    if not keep.any():
+        raise DataError(f"no event has {min_history} earlier event(s) of its user to learn from")
+    targets = events[keep]
+    if max_examples is not None and len(targets) > max_examples:
+        stamps = interactions["timestamp"].to_numpy(np.int64)[targets]
+        recent = np.sort(np.argsort(stamps, kind="stable")[-max_examples:])
+        targets = targets[recent]
+    columns = targets[:, None] - length + np.arange(length)[None, :]
+    history = np.where(columns >= user_start[targets][:, None], columns, -1)
+    return NextWatchExamples(history.astype(np.int64), targets)

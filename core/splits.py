@@ -28,6 +28,7 @@ class EvalCases:
         target_indptr: ``[u + 1] int64``; targets of case ``i`` likewise.
         target_video_ids: ``[t] int64`` relevant videos (never in the case's history).
         target_timestamps: ``[t] int64`` seconds of the target events.
+        history_engagement: ``[h] float32`` engagement of each watch (NaN unknown), or None.
     """
 
     user_ids: np.ndarray
@@ -37,6 +38,7 @@ class EvalCases:
     target_indptr: np.ndarray
     target_video_ids: np.ndarray
     target_timestamps: np.ndarray
+    history_engagement: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -52,13 +54,17 @@ class EvalCases:
     def subset(self, cases: np.ndarray) -> EvalCases:
         """The given cases only (e.g. a sample for fast validation)."""
         cases = np.asarray(cases, dtype=np.int64)
-        h_ptr, h_ids, h_ts = _take_csr(
-            self.history_indptr, cases, self.history_video_ids, self.history_timestamps
-        )
+        history_columns = [self.history_video_ids, self.history_timestamps]
+        if self.history_engagement is not None:
+            history_columns.append(self.history_engagement)
+        h_ptr, *history = _take_csr(self.history_indptr, cases, *history_columns)
         t_ptr, t_ids, t_ts = _take_csr(
             self.target_indptr, cases, self.target_video_ids, self.target_timestamps
         )
-        return EvalCases(self.user_ids[cases], h_ptr, h_ids, h_ts, t_ptr, t_ids, t_ts)
+        engagement = history[2] if len(history) == 3 else None
+        return EvalCases(
+            self.user_ids[cases], h_ptr, history[0], history[1], t_ptr, t_ids, t_ts, engagement
+        )
 
 
 def _take_csr(indptr: np.ndarray, rows: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -78,7 +84,7 @@ def _csr(groups: np.ndarray, num_groups: int, *columns: np.ndarray) -> tuple[np.
     counts = np.bincount(groups, minlength=num_groups)
     indptr = np.zeros(num_groups + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    return (indptr, *(np.asarray(c, dtype=np.int64) for c in columns))
+    return (indptr, *(np.asarray(c) for c in columns))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +112,16 @@ def _positions_within_user(user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return position, np.repeat(counts, counts)
 
 
-def leave_one_out(interactions: pd.DataFrame, min_events: int = 3) -> LeaveOneOutSplit:
+def leave_one_out(
+    interactions: pd.DataFrame, min_events: int = 3, engagement: np.ndarray | None = None
+) -> LeaveOneOutSplit:
     """Chronological leave-one-out split.
 
     Args:
         interactions: Validated interactions (sorted by user, then time, ties in source order).
         min_events: Users with fewer events are kept for training only; at least 3.
+        engagement: Optional ``[len(interactions)] float32`` per event, carried into the
+            cases' histories.
 
     Returns:
         The split; ``test`` and ``validation`` list the same users in the same order.
@@ -141,17 +151,21 @@ def leave_one_out(interactions: pd.DataFrame, min_events: int = 3) -> LeaveOneOu
     eval_users = user_ids[is_test]
     user_index = np.searchsorted(eval_users, user_ids)
     in_train_of_evaluated = evaluated & ~(is_test | is_valid)
-    train_groups = user_index[in_train_of_evaluated]
     n = len(eval_users)
-    v_ptr, v_ids, v_ts = _csr(
-        train_groups, n, videos[in_train_of_evaluated], stamps[in_train_of_evaluated]
-    )
+    per_event = [videos, stamps] + ([] if engagement is None else [np.asarray(engagement)])
+
+    def history_csr(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        ptr, *columns = _csr(user_index[rows], n, *(c[rows] for c in per_event))
+        return ptr, columns[0], columns[1], columns[2] if len(columns) == 3 else None
+
     one = np.arange(n + 1, dtype=np.int64)
-    validation = EvalCases(eval_users, v_ptr, v_ids, v_ts, one, videos[is_valid], stamps[is_valid])
+    v_ptr, v_ids, v_ts, v_eng = history_csr(in_train_of_evaluated)
+    validation = EvalCases(
+        eval_users, v_ptr, v_ids, v_ts, one, videos[is_valid], stamps[is_valid], v_eng
+    )
     # Test history = training events followed by the validation event, per user.
-    with_valid = evaluated & ~is_test
-    t_ptr, t_ids, t_ts = _csr(user_index[with_valid], n, videos[with_valid], stamps[with_valid])
-    test = EvalCases(eval_users, t_ptr, t_ids, t_ts, one, videos[is_test], stamps[is_test])
+    t_ptr, t_ids, t_ts, t_eng = history_csr(evaluated & ~is_test)
+    test = EvalCases(eval_users, t_ptr, t_ids, t_ts, one, videos[is_test], stamps[is_test], t_eng)
     return LeaveOneOutSplit(train=train, validation=validation, test=test)
 
 
@@ -173,13 +187,20 @@ class TimeCutSplit:
     test: EvalCases
 
 
-def time_cut(interactions: pd.DataFrame, cutoff: int, window_seconds: int) -> TimeCutSplit:
+def time_cut(
+    interactions: pd.DataFrame,
+    cutoff: int,
+    window_seconds: int,
+    engagement: np.ndarray | None = None,
+) -> TimeCutSplit:
     """Global time cut: the retrain gate's split.
 
     Args:
         interactions: Validated interactions (sorted by user, then time).
         cutoff: Seconds since the epoch; events before it are training data.
         window_seconds: Events in ``[cutoff, cutoff + window_seconds)`` are test targets.
+        engagement: Optional ``[len(interactions)] float32`` per event, carried into the
+            cases' histories.
 
     Raises:
         DataError: Empty training side or no user with a new video in the window.
@@ -206,11 +227,14 @@ def time_cut(interactions: pd.DataFrame, cutoff: int, window_seconds: int) -> Ti
     eval_users = np.unique(window["user_id"].to_numpy(np.int64))
     train_users = train["user_id"].to_numpy(np.int64)
     keep = np.isin(train_users, eval_users)
-    h_ptr, h_ids, h_ts = _csr(
-        np.searchsorted(eval_users, train_users[keep]),
-        len(eval_users),
+    history_columns = [
         train["video_id"].to_numpy(np.int64)[keep],
         train["timestamp"].to_numpy(np.int64)[keep],
+    ]
+    if engagement is not None:
+        history_columns.append(np.asarray(engagement)[before][keep])
+    h_ptr, *history = _csr(
+        np.searchsorted(eval_users, train_users[keep]), len(eval_users), *history_columns
     )
     t_ptr, t_ids, t_ts = _csr(
         np.searchsorted(eval_users, window["user_id"].to_numpy(np.int64)),
@@ -218,5 +242,14 @@ def time_cut(interactions: pd.DataFrame, cutoff: int, window_seconds: int) -> Ti
         window["video_id"].to_numpy(np.int64),
         window["timestamp"].to_numpy(np.int64),
     )
-    test = EvalCases(eval_users, h_ptr, h_ids, h_ts, t_ptr, t_ids, t_ts)
+    test = EvalCases(
+        eval_users,
+        h_ptr,
+        history[0],
+        history[1],
+        t_ptr,
+        t_ids,
+        t_ts,
+        history[2] if engagement is not None else None,
+    )
     return TimeCutSplit(cutoff=cutoff, window_seconds=window_seconds, train=train, test=test)

@@ -55,3 +55,16 @@ def test_windows_need_a_second_event():
     space, interactions = _space_and_data({1: [10], 2: [11]})
     with pytest.raises(DataError, match="no user has two or more training events"):
         training_windows(interactions, space, length=4)
+
+
+def test_next_watch_examples_hold_only_earlier_events_of_the_same_user():
+    from core.sequences import next_watch_examples
+
+    _, interactions = _space_and_data({1: [10, 11, 12, 13], 2: [20, 21]})
+    examples = next_watch_examples(interactions, length=2)
+    videos = interactions["video_id"].to_numpy()
+    assert [videos[t] for t in examples.target_events] == [11, 12, 13, 21]
+    histories = examples.gather(videos, fill=-1).tolist()
+    assert histories == [[-1, 10], [10, 11], [11, 12], [-1, 20]]
+    recent = next_watch_examples(interactions, length=2, max_examples=2)
+    assert [videos[t] for t in recent.target_events] == [12, 13]  # timestamps 2 and 3

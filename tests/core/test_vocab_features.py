@@ -123,3 +123,23 @@ def test_feature_space_grows_and_round_trips(tmp_path):
     assert loaded.video_vocab == grown.video_vocab
     assert loaded.categories.values == grown.categories.values
     assert loaded.config == grown.config
+
+
+def test_engagement_is_watch_fraction_else_rating():
+    from core.features import engagement_labels
+
+    videos = validate_videos(pd.DataFrame({"video_id": [1, 2], "duration": [100.0, np.nan]}))
+    events = validate_interactions(
+        pd.DataFrame(
+            {
+                "user_id": [1, 1, 1, 1],
+                "video_id": [1, 1, 2, 2],
+                "timestamp": [1, 2, 3, 4],
+                "watch_seconds": [25.0, 150.0, 30.0, np.nan],
+                "rating": [np.nan, np.nan, 4.0, np.nan],
+            }
+        )
+    )
+    labels = engagement_labels(events, videos)
+    np.testing.assert_allclose(labels[:3], [0.25, 1.0, 0.8])
+    assert np.isnan(labels[3])
