@@ -1,0 +1,245 @@
+"""Candidate lists for the ranker, made by the retrieval stage itself.
+
+Training: for every (history strictly before t, watch at t) pair, the watched video plus hard
+negatives drawn from retrieval's own top-N for that history (what the ranker will have to
+order at serving) plus a few random videos. Evaluation: retrieval's top-N for each case, with
+watched videos removed, for the ranker to reorder. Both stages meet only here, as numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from core.config import RankingConfig
+from core.features import FeatureSpace
+from core.sequences import next_watch_examples
+from core.splits import EvalCases
+from core.vocab import FIRST_ID_ROW
+from ranking.blend import blend_scores
+from ranking.encoders import RankerScorer
+from ranking.inputs import CandidateLists
+from retrieval.encoders import RetrievalEncoders
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_ENGAGEMENT = 0.5
+QUERY_BATCH = 2_048
+CANDIDATE_OFFSET = 1e4
+
+
+def query_embeddings(
+    encoders: RetrievalEncoders,
+    catalogue: np.ndarray,
+    history_rows: np.ndarray,
+    user_rows: np.ndarray,
+) -> np.ndarray:
+    """User-tower queries for padded history rows ``[n, L]``, ``[n, d] float32``."""
+    features = encoders.features
+    out = np.empty((len(history_rows), encoders.dim), dtype=np.float32)
+    for start in range(0, len(history_rows), QUERY_BATCH):
+        stop = start + QUERY_BATCH
+        rows = user_rows[start:stop]
+        out[start:stop] = encoders.query_fn(
+            catalogue[history_rows[start:stop]], rows, features.user_attribute_matrix(rows)
+        ).numpy()
+    return out
+
+
+def top_candidates(
+    queries: np.ndarray,
+    catalogue: np.ndarray,
+    k: int,
+    excluded_rows: Sequence[np.ndarray] | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-``k`` videos per query with each query's excluded rows removed.
+
+    Args:
+        queries: ``[n, d] float32``.
+        catalogue: ``[num_rows, d] float32`` embeddings by row (rows 0, 1 are not videos).
+        k: Candidates per query.
+        excluded_rows: Per query, rows never to return (watched videos; 0 is ignored).
+
+    Returns:
+        ``(rows [n, k] int64, scores [n, k] float32, full scores [n, num_rows - 2])``, the
+        candidates best first; full scores hold -inf at excluded columns.
+    """
+    videos = catalogue[FIRST_ID_ROW:]
+    k = min(k, len(videos))
+    scores = queries @ videos.T
+    for i, rows in enumerate(excluded_rows):
+        columns = np.asarray(rows, dtype=np.int64) - FIRST_ID_ROW
+        scores[i, columns[columns >= 0]] = -np.inf
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    return top + FIRST_ID_ROW, np.take_along_axis(top_scores, order, axis=1), scores
+
+
+def training_lists(
+    interactions: pd.DataFrame,
+    engagement: np.ndarray,
+    features: FeatureSpace,
+    encoders: RetrievalEncoders,
+    catalogue: np.ndarray,
+    config: RankingConfig,
+) -> CandidateLists:
+    """One list per training event: the watched video, retrieval's hard negatives, randoms.
+
+    Args:
+        interactions: Validated training interactions.
+        engagement: ``[len(interactions)] float32`` per event (NaN unknown).
+        features: Feature space.
+        encoders: Trained retrieval towers.
+        catalogue: ``[num_rows, d]`` retrieval embeddings by row.
+        config: List sizes, sampling and the example budget.
+
+    Returns:
+        Lists with the watched video in column 0.
+    """
+    rng = np.random.default_rng(config.seed)
+    length = features.config.history_length
+    examples = next_watch_examples(interactions, length, max_examples=config.max_examples)
+    event_rows = features.video_vocab.lookup(interactions["video_id"].to_numpy(np.int64))
+    stamps = interactions["timestamp"].to_numpy(np.int64)
+    history_rows = examples.gather(event_rows, 0)
+    target_rows = event_rows[examples.target_events]
+    user_rows = features.user_rows(
+        interactions["user_id"].to_numpy(np.int64)[examples.target_events]
+    )
+    logger.info("ranking: retrieving candidates for %d training examples", len(examples))
+    queries = query_embeddings(encoders, catalogue, history_rows, user_rows)
+    n = len(examples)
+    width = 1 + config.hard_negatives + config.random_negatives
+    candidates = np.zeros((n, width), dtype=np.int64)
+    valid = np.ones((n, width), dtype=bool)
+    candidates[:, 0] = target_rows
+    candidates[:, 1 + config.hard_negatives :] = rng.integers(
+        FIRST_ID_ROW, features.video_vocab.num_rows, size=(n, config.random_negatives)
+    )
+    for start in range(0, n, QUERY_BATCH):
+        stop = min(start + QUERY_BATCH, n)
+        targets = target_rows[start:stop, None]
+        if config.hard_negatives:
+            pool, _, _ = top_candidates(
+                queries[start:stop], catalogue, config.candidates, history_rows[start:stop]
+            )
+            keys = rng.random(pool.shape)
+            keys[pool == targets] = np.inf
+            pick = np.argpartition(keys, config.hard_negatives - 1, axis=1)
+            candidates[start:stop, 1 : 1 + config.hard_negatives] = np.take_along_axis(
+                pool, pick[:, : config.hard_negatives], axis=1
+            )
+        negatives = candidates[start:stop, 1:]
+        watched = (negatives[:, :, None] == history_rows[start:stop, None, :]).any(axis=2)
+        valid[start:stop, 1:] = (negatives != targets) & ~watched
+    retrieval = np.einsum("nd,nkd->nk", queries, catalogue[candidates]).astype(np.float32)
+    history_engagement = examples.gather(engagement.astype(np.float32), np.nan)
+    ages = (stamps[examples.target_events][:, None] - examples.gather(stamps, 0)) / 3600.0
+    return CandidateLists(
+        history_rows=history_rows,
+        history_engagement=np.nan_to_num(history_engagement, nan=UNKNOWN_ENGAGEMENT),
+        history_age_hours=np.where(examples.history_events >= 0, ages, 0.0).astype(np.float32),
+        candidate_rows=candidates,
+        candidate_valid=valid,
+        retrieval_scores=retrieval,
+        user_attributes=features.user_attribute_matrix(user_rows),
+        target=np.zeros(n, dtype=np.int64),
+        engagement=engagement[examples.target_events].astype(np.float32),
+    )
+
+
+def case_lists(
+    cases: EvalCases,
+    features: FeatureSpace,
+    encoders: RetrievalEncoders,
+    catalogue: np.ndarray,
+    num_candidates: int,
+) -> tuple[CandidateLists, np.ndarray]:
+    """Retrieval's top-N for each case, watched videos removed, ready for the ranker.
+
+    The ranking moment of a case is its first target's timestamp.
+
+    Returns:
+        ``(lists, full retrieval scores [u, num_videos] with -inf at watched videos)``;
+        ``lists.target`` is the column of the case's first target (-1 if retrieval missed).
+    """
+    histories = [cases.history(i) for i in range(len(cases))]
+    history_rows, _ = features.history_matrix(histories)
+    user_rows = features.user_rows(cases.user_ids)
+    queries = query_embeddings(encoders, catalogue, history_rows, user_rows)
+    watched = [features.video_vocab.lookup(h) for h in histories]
+    rows, scores, full = top_candidates(queries, catalogue, num_candidates, watched)
+    first_target = features.video_vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
+    hits = rows == first_target[:, None]
+    target = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+    length = features.config.history_length
+    engagement = np.full((len(cases), length), UNKNOWN_ENGAGEMENT, dtype=np.float32)
+    ages = np.zeros((len(cases), length), dtype=np.float32)
+    now = cases.target_timestamps[cases.target_indptr[:-1]]
+    for i in range(len(cases)):
+        known = watched[i] >= FIRST_ID_ROW
+        recent = np.flatnonzero(known)[-length:]
+        if len(recent) == 0:
+            continue
+        span = slice(length - len(recent), length)
+        start = cases.history_indptr[i]
+        ages[i, span] = (now[i] - cases.history_timestamps[start + recent]) / 3600.0
+        if cases.history_engagement is not None:
+            values = cases.history_engagement[start + recent]
+            engagement[i, span] = np.nan_to_num(values, nan=UNKNOWN_ENGAGEMENT)
+    lists = CandidateLists(
+        history_rows=history_rows,
+        history_engagement=engagement,
+        history_age_hours=ages,
+        candidate_rows=rows,
+        candidate_valid=np.isfinite(scores),
+        retrieval_scores=np.where(np.isfinite(scores), scores, 0.0).astype(np.float32),
+        user_attributes=features.user_attribute_matrix(user_rows),
+        target=target.astype(np.int64),
+        engagement=np.full(len(cases), np.nan, dtype=np.float32),
+    )
+    return lists, full
+
+
+class TwoStageScorer:
+    """Retrieve N by exact search, rerank with the ranker: a `core.metrics.Scorer`.
+
+    Candidates score above every other video (in their blended order); the rest keep their
+    retrieval order below them, so Recall@N of the list equals retrieval's.
+    """
+
+    def __init__(
+        self,
+        encoders: RetrievalEncoders,
+        catalogue: np.ndarray,
+        ranker: RankerScorer,
+        config: RankingConfig,
+    ) -> None:
+        self.encoders = encoders
+        self.catalogue = catalogue
+        self.ranker = ranker
+        self.config = config
+
+    def __call__(self, cases: EvalCases) -> np.ndarray:
+        lists, full = case_lists(
+            cases, self.encoders.features, self.encoders, self.catalogue, self.config.candidates
+        )
+        out = self.ranker.score_lists(lists)
+        blended = blend_scores(
+            out["watch_logits"],
+            out["engagement"],
+            self.config.engagement_weight,
+            lists.candidate_valid,
+        )
+        # Blended scores are log-probabilities (far above -1e4), so every candidate ranks
+        # above every other video without losing float32 precision among candidates.
+        scores = full - CANDIDATE_OFFSET
+        columns = lists.candidate_rows - FIRST_ID_ROW
+        rows = np.arange(len(cases))[:, None]
+        scores[rows, columns] = np.where(lists.candidate_valid, blended, -np.inf)
+        return scores.astype(np.float32)

@@ -1,0 +1,46 @@
+"""Ranker inputs as numpy arrays: candidate lists with the history they are ranked against."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateLists:
+    """``n`` lists of ``k`` candidates, each with the history it is ranked for.
+
+    Attributes:
+        history_rows: ``[n, L] int64`` video rows watched before, oldest first, left-padded 0.
+        history_engagement: ``[n, L] float32`` engagement of each watch in ``[0, 1]``.
+        history_age_hours: ``[n, L] float32`` hours between each watch and the ranking moment.
+        candidate_rows: ``[n, k] int64`` video rows to rank.
+        candidate_valid: ``[n, k] bool``; False for padding and duplicates.
+        retrieval_scores: ``[n, k] float32`` retrieval inner products.
+        user_attributes: ``[n, A] int64`` user attribute rows.
+        target: ``[n] int64`` column of the watched video in ``candidate_rows`` (-1 when
+            retrieval missed it); training lists always have it in column 0.
+        engagement: ``[n] float32`` engagement of the watched video (NaN when unknown).
+    """
+
+    history_rows: np.ndarray
+    history_engagement: np.ndarray
+    history_age_hours: np.ndarray
+    candidate_rows: np.ndarray
+    candidate_valid: np.ndarray
+    retrieval_scores: np.ndarray
+    user_attributes: np.ndarray
+    target: np.ndarray
+    engagement: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.candidate_rows)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """The arrays by field name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def take(self, index: np.ndarray) -> CandidateLists:
+        """Lists ``index`` only."""
+        return CandidateLists(**{k: v[index] for k, v in self.as_dict().items()})
