@@ -5,6 +5,7 @@
     vocab/        feature space: vocabularies, catalogue features, normalisation
     retrieval/    towers/ (SavedModel: query + embed_videos signatures),
                   video_embeddings.npy [n, d] float32, video_ids.npy [n] int64
+    ranking/      ranker/ (SavedModel: score signature)
     reports/      training reports (JSON) and curves (PNG)
     config.json   the resolved configuration
 """
@@ -23,8 +24,11 @@ from core.config import VidrecConfig, config_from_dict, config_to_dict
 from core.errors import BundleError
 from core.features import FeatureSpace
 from core.io import atomic_save_npy, atomic_write_json
+from core.training import TrainingHistory
 from core.vocab import FIRST_ID_ROW
 from pipelines import plots
+from ranking.encoders import RankerScorer
+from ranking.train import TrainedRanker
 from retrieval.encoders import RetrievalEncoders
 from retrieval.train import TrainedRetrieval
 
@@ -62,12 +66,23 @@ def write_retrieval(bundle_dir: Path, trained: TrainedRetrieval, progress: bool 
     embeddings = encoders.catalogue_embeddings(progress=progress)[FIRST_ID_ROW:]
     atomic_save_npy(retrieval_dir / "video_embeddings.npy", embeddings)
     atomic_save_npy(retrieval_dir / "video_ids.npy", trained.features.video_vocab.ids)
-    history = trained.history
-    atomic_write_json(bundle_dir / "reports" / "retrieval_training.json", history.as_dict())
+    _write_training_report(bundle_dir, "retrieval", "two-tower retrieval", trained.history)
+
+
+def write_ranking(bundle_dir: Path, trained: TrainedRanker) -> None:
+    """Writes the ranker and its training report."""
+    trained.scorer().save(bundle_dir / "ranking")
+    _write_training_report(bundle_dir, "ranking", "multi-head-attention ranker", trained.history)
+
+
+def _write_training_report(
+    bundle_dir: Path, name: str, title: str, history: TrainingHistory
+) -> None:
+    atomic_write_json(bundle_dir / "reports" / f"{name}_training.json", history.as_dict())
     metric_names = sorted({k for e in history.epochs for k in e.validation if "@" in k})
     plots.training_curves(
-        bundle_dir / "reports" / "retrieval_training.png",
-        "two-tower retrieval",
+        bundle_dir / "reports" / f"{name}_training.png",
+        title,
         [e.loss for e in history.epochs],
         {k: [e.validation.get(k, np.nan) for e in history.epochs] for k in metric_names},
         history.best_epoch,
@@ -130,3 +145,18 @@ def load_retrieval(bundle_dir: str | os.PathLike[str]) -> RetrievalBundle:
         )
     logger.info("loaded retrieval of bundle %s (%d videos)", manifest.bundle_id, len(ids))
     return RetrievalBundle(manifest, features, encoders, embeddings, ids)
+
+
+def load_ranker(bundle_dir: str | os.PathLike[str], retrieval: RetrievalBundle) -> RankerScorer:
+    """Loads the bundle's ranker over the retrieval half's features and embeddings.
+
+    Raises:
+        BundleError: The bundle has no ranker, or it does not load.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not (bundle_dir / "ranking").is_dir():
+        raise BundleError(f"bundle {retrieval.manifest.bundle_id} has no ranker")
+    config = read_config(bundle_dir)
+    return RankerScorer.load(
+        bundle_dir / "ranking", retrieval.features, retrieval.catalogue_rows(), config.ranking
+    )

@@ -19,13 +19,15 @@ import numpy as np
 from core.bundle import data_fingerprint
 from core.config import EvaluationConfig
 from core.errors import BundleError
+from core.features import engagement_labels
 from core.io import atomic_write_json
 from core.metrics import Scorer, evaluate_scorer
 from core.schema import Dataset
 from core.splits import LeaveOneOutSplit, leave_one_out
 from core.vocab import IdVocabulary
-from pipelines.artifacts import RetrievalBundle, load_retrieval
+from pipelines.artifacts import RetrievalBundle, load_ranker, load_retrieval, read_config
 from pipelines.baselines import fit_baselines
+from pipelines.ranking_data import TwoStageScorer
 from pipelines.train import SPLIT_LEAVE_ONE_OUT
 
 logger = logging.getLogger(__name__)
@@ -130,7 +132,8 @@ def evaluate_dataset(
     bundle_dir: str | os.PathLike[str] | None = None,
     extra_scorers: Mapping[str, Scorer] | None = None,
 ) -> EvaluationResult:
-    """Evaluates a bundle (if given) and the configured baselines on leave-one-out.
+    """Evaluates a bundle (retrieval alone and, with its ranker, the two-stage pipeline) and the
+    configured baselines on leave-one-out.
 
     Args:
         dataset: The data the bundle was trained on.
@@ -141,7 +144,9 @@ def evaluate_dataset(
     Raises:
         BundleError: The bundle does not verify or was trained on other data.
     """
-    split = leave_one_out(dataset.interactions)
+    split = leave_one_out(
+        dataset.interactions, engagement=engagement_labels(dataset.interactions, dataset.videos)
+    )
     bundle = None
     scorers: dict[str, Scorer] = {}
     fit_seconds: dict[str, float] = {}
@@ -150,6 +155,14 @@ def evaluate_dataset(
         check_bundle_matches(bundle, dataset)
         video_vocab = bundle.features.video_vocab
         scorers["two_tower"] = retrieval_scorer(bundle)
+        if (Path(bundle_dir) / "ranking").is_dir():
+            ranker = load_ranker(bundle_dir, bundle)
+            scorers["two_stage"] = TwoStageScorer(
+                bundle.encoders,
+                bundle.catalogue_rows(),
+                ranker,
+                read_config(Path(bundle_dir)).ranking,
+            )
     else:
         video_vocab = IdVocabulary(dataset.videos["video_id"].to_numpy(np.int64))
     scorers.update(extra_scorers or {})

@@ -1,4 +1,4 @@
-"""The training job: data -> leave-one-out split -> features -> retrieval -> a new bundle.
+"""The training job: data -> leave-one-out split -> features -> retrieval -> ranker -> bundle.
 
 The model is trained on the split's training events and stopped early on its validation
 events, so `pipelines.evaluate` can score it on the held-out test events of the same data;
@@ -12,18 +12,23 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from core.bundle import BundleStore, data_fingerprint
 from core.config import VidrecConfig
-from core.features import FeatureSpace
+from core.features import FeatureSpace, engagement_labels
 from core.schema import Dataset
 from core.splits import leave_one_out
 from pipelines import artifacts
 from pipelines.distribute import make_strategy
+from pipelines.ranking_data import case_lists, training_lists
+from ranking.train import train_ranker
 from retrieval.train import train_retrieval
 
 logger = logging.getLogger(__name__)
 
 SPLIT_LEAVE_ONE_OUT = "leave_one_out"
+MAX_RANKER_VALIDATION_CASES = 2_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +38,7 @@ class TrainResult:
     Attributes:
         bundle_id: The new bundle.
         bundle_dir: Its directory.
-        validation: Validation metrics of the kept epoch.
+        validation: Validation metrics of the kept epochs (``retrieval/...``, ``ranking/...``).
         seconds: Wall time by stage.
     """
 
@@ -59,7 +64,7 @@ def train_job(
     publish: bool = True,
     progress: bool = False,
 ) -> TrainResult:
-    """Trains retrieval on a leave-one-out split and writes (and publishes) a bundle.
+    """Trains retrieval then the ranker on a leave-one-out split; writes (and publishes) a bundle.
 
     Args:
         dataset: Validated data.
@@ -75,6 +80,7 @@ def train_job(
     started = time.perf_counter()
     split = leave_one_out(dataset.interactions)
     features = FeatureSpace.fit(config.features, dataset.videos, split.train, dataset.users)
+    train_engagement = engagement_labels(split.train, dataset.videos)
     seconds["prepare"] = time.perf_counter() - started
     logger.info(
         "training on %s: %d training events, %d validation users",
@@ -82,20 +88,40 @@ def train_job(
         len(split.train),
         len(split.validation),
     )
+    strategy = make_strategy()
     started = time.perf_counter()
-    trained = train_retrieval(
-        split.train,
-        features,
-        config.retrieval,
-        validation=split.validation,
-        strategy=make_strategy(),
+    retrieval = train_retrieval(
+        split.train, features, config.retrieval, validation=split.validation, strategy=strategy
     )
     seconds["train_retrieval"] = time.perf_counter() - started
-    best = trained.history.epochs[trained.history.best_epoch - 1].validation
+
+    started = time.perf_counter()
+    encoders = retrieval.encoders()
+    catalogue = encoders.catalogue_embeddings()
+    lists = training_lists(
+        split.train, train_engagement, features, encoders, catalogue, config.ranking
+    )
+    sample = np.random.default_rng(config.ranking.seed).permutation(len(split.validation))
+    validation_lists, _ = case_lists(
+        split.validation.subset(np.sort(sample[:MAX_RANKER_VALIDATION_CASES])),
+        features,
+        encoders,
+        catalogue,
+        config.ranking.candidates,
+    )
+    seconds["ranker_lists"] = time.perf_counter() - started
+    started = time.perf_counter()
+    ranker = train_ranker(
+        lists, features, catalogue, config.ranking, validation_lists, strategy=strategy
+    )
+    seconds["train_ranker"] = time.perf_counter() - started
+    validation = {f"retrieval/{k}": v for k, v in retrieval.history.best.validation.items()}
+    validation.update({f"ranking/{k}": v for k, v in ranker.history.best.validation.items()})
     started = time.perf_counter()
     with store.stage(parent=store.current_id()) as staged:
         artifacts.write_config(staged.path, config)
-        artifacts.write_retrieval(staged.path, trained, progress=progress)
+        artifacts.write_retrieval(staged.path, retrieval, progress=progress)
+        artifacts.write_ranking(staged.path, ranker)
         bundle_dir = staged.commit(
             data=data_record(dataset, SPLIT_LEAVE_ONE_OUT),
             embedding_dim=config.retrieval.embedding_dim,
@@ -104,10 +130,10 @@ def train_job(
                 "users": features.user_vocab.num_ids,
                 "training_events": len(split.train),
             },
-            metrics={"retrieval_validation": best},
+            metrics={"validation": validation, "seconds": seconds},
         )
         bundle_id = staged.bundle_id
     seconds["write_bundle"] = time.perf_counter() - started
     if publish:
         store.publish(bundle_id)
-    return TrainResult(bundle_id, bundle_dir, best, seconds)
+    return TrainResult(bundle_id, bundle_dir, validation, seconds)

@@ -8,6 +8,15 @@ from pipelines.cli import main
 
 TINY_MODEL = {
     "features": {"history_length": 10, "max_tokens": 8},
+    "ranking": {
+        "dim": 16,
+        "hidden_units": [32],
+        "candidates": 50,
+        "hard_negatives": 6,
+        "random_negatives": 2,
+        "max_epochs": 1,
+        "batch_size": 64,
+    },
     "retrieval": {
         "embedding_dim": 16,
         "num_heads": 2,
@@ -79,7 +88,8 @@ def test_train_publishes_a_verified_bundle(workspace):
         "reports/retrieval_training.png",
         "config.json",
     } <= set(manifest.files)
-    assert set(manifest.metrics["retrieval_validation"]) >= {"recall@20", "ndcg@10"}
+    assert "ranking/ranker/saved_model.pb" in manifest.files
+    assert set(manifest.metrics["validation"]) >= {"retrieval/recall@20", "ranking/ndcg@10"}
 
 
 def test_evaluate_prints_a_table_and_writes_json(workspace, capsys):
@@ -104,10 +114,13 @@ def test_evaluate_prints_a_table_and_writes_json(workspace, capsys):
         == 0
     )
     table = capsys.readouterr().out
-    for name in ("two_tower", "most_popular", "transition", "ndcg@10", "recall@50"):
+    for name in ("two_tower", "two_stage", "most_popular", "transition", "ndcg@10", "recall@50"):
         assert name in table
     result = json.loads(out.read_text())
-    assert set(result["rows"]) == {"two_tower", "most_popular", "transition"}
+    assert set(result["rows"]) == {"two_tower", "two_stage", "most_popular", "transition"}
+    # The ranker reorders retrieval's top-N only: the candidate list's recall is unchanged.
+    rows = result["rows"]
+    assert rows["two_stage"]["recall@50"] == rows["two_tower"]["recall@50"]
     assert result["num_cases"] == 200
     assert 0.0 <= result["rows"]["two_tower"]["ndcg@10"] <= 1.0
 
