@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+ANN_VENV := .venv-ann
+
+.PHONY: demo test lint bench-quality bench-ann clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +20,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/quality.py --out artifacts/bench/quality
+
+# ScaNN breaks tensorflow-recommenders' import, so the ANN benchmark has its own environment.
+$(ANN_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ANN_VENV)
+	$(ANN_VENV)/bin/pip install --quiet --upgrade pip
+	$(ANN_VENV)/bin/pip install --quiet -e '.[ann-bench]'
+	touch $@
+
+bench-ann: $(ANN_VENV)/.installed
+	$(ANN_VENV)/bin/python benchmarks/ann.py --sizes 100000 1000000 --out artifacts/bench/ann
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) artifacts build *.egg-info
+	rm -rf $(VENV) $(ANN_VENV) artifacts build *.egg-info
