@@ -443,6 +443,21 @@ class IndexConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BundlesConfig:
+    """Bundle store upkeep (`core.bundle.BundleStore.apply_retention`).
+
+    Attributes:
+        keep_last: Newest bundles kept by retention; the serving bundle, its parent, the
+            rollback target and any bundle a running job stages from are kept on top of these.
+    """
+
+    keep_last: int = 5
+
+    def __post_init__(self) -> None:
+        require(self.keep_last >= 1, "bundles.keep_last", f"must be >= 1, got {self.keep_last}")
+
+
+@dataclasses.dataclass(frozen=True)
 class VidrecConfig:
     """All sections together; this is what a bundle's ``config.json`` holds."""
 
@@ -451,6 +466,7 @@ class VidrecConfig:
     ranking: RankingConfig = dataclasses.field(default_factory=RankingConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    bundles: BundlesConfig = dataclasses.field(default_factory=BundlesConfig)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

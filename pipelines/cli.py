@@ -1,7 +1,9 @@
 """The ``vidrec`` command line.
 
 Logging is configured here and nowhere else. Library errors (`VidrecError`) are shown as one
-line with exit status 2; anything else is a bug and keeps its traceback.
+line and end the process with the exit code `core.errors.exit_code_for` gives (2 for bad input,
+75 when another job holds the lock; the table is in `core.errors`); anything else is a bug and
+keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ from core.config import (
     VidrecConfig,
     config_from_dict,
 )
-from core.errors import ConfigError, VidrecError
+from core.errors import (
+    EXIT_FAILED,
+    EXIT_GATED_OUT,  # noqa: F401  (re-exported: `vidrec retrain` returns it)
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,  # noqa: F401  (re-exported)
+    EXIT_OK,
+    ConfigError,
+    VidrecError,
+    exit_code_for,
+)
+from pipelines import bundles as bundles_cli
 
 logger = logging.getLogger("vidrec")
 
-EXIT_OK = 0
-EXIT_ERROR = 2
+# Exit codes are defined in core.errors (one table for every job); EXIT_ERROR is the old name.
+EXIT_ERROR = EXIT_FAILED
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -242,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="JSON report path (default <artifacts>/reports/)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
+    bundles_cli.add_parser(commands)
+
     demo = commands.add_parser("demo", help="generate, train, evaluate, recommend")
     demo.add_argument("--workdir", default="artifacts/demo")
     demo.add_argument("--seed", type=int, default=0)
@@ -261,10 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except VidrecError as error:
         print(f"vidrec {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return exit_code_for(error)
     except KeyboardInterrupt:
         print(f"vidrec {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
