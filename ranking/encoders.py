@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from core.config import RankingConfig
 from core.errors import BundleError
-from core.features import NUMERIC_FEATURES, FeatureSpace
+from core.features import NUMERIC_FEATURES, FeatureSpace, VideoFeatureArrays
 from ranking.inputs import CandidateLists
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class RankerScorer:
     ) -> RankerScorer:
         """Scorer over an in-memory `RankerModel` (shares its variables)."""
         signature = input_signature(
-            features.config.history_length,
+            config.history_length,
             catalogue_embeddings.shape[1],
             features.config.max_categories,
             len(features.user_attributes),
@@ -128,13 +128,29 @@ class RankerScorer:
         candidate_rows: np.ndarray,
         retrieval_scores: np.ndarray,
         user_attributes: np.ndarray,
+        videos: VideoFeatureArrays | None = None,
+        embeddings: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Gathers every video field of histories ``[b, L]`` and candidates ``[b, k]``."""
-        catalogue = self.features.catalogue
+        """Gathers every video field of histories ``[b, L]`` and candidates ``[b, k]``.
+
+        Args:
+            history_rows: ``[b, L] int64`` video rows, left-padded with 0.
+            history_engagement: ``[b, L] float32``.
+            history_age_hours: ``[b, L] float32``.
+            candidate_rows: ``[b, k] int64``.
+            retrieval_scores: ``[b, k] float32``.
+            user_attributes: ``[b, A] int64``.
+            videos: Features by video row; defaults to the feature space's catalogue (a live
+                catalogue passes its grown arrays).
+            embeddings: ``[rows, d]`` retrieval embeddings by row; defaults to the training
+                catalogue's.
+        """
+        catalogue = self.features.catalogue if videos is None else videos
+        table = self.catalogue_embeddings if embeddings is None else embeddings
         out: dict[str, np.ndarray] = {}
         for side, rows in (("history", history_rows), ("candidate", candidate_rows)):
             out[f"{side}_rows"] = rows
-            out[f"{side}_embeddings"] = self.catalogue_embeddings[rows]
+            out[f"{side}_embeddings"] = table[rows]
             out[f"{side}_category_rows"] = catalogue.category_rows[rows]
             out[f"{side}_creator_rows"] = catalogue.creator_rows[rows]
             out[f"{side}_numeric"] = catalogue.numeric[rows]
