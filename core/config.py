@@ -187,6 +187,8 @@ class RankingConfig:
 
     Attributes:
         dim: Width of the ranker's video and history representations.
+        history_length: Most recent watches the ranker reads (at most
+            ``features.history_length``; the retrieval score already summarises the rest).
         num_heads: Heads of the history self-attention and of the candidate-to-history
             (target) attention.
         history_blocks: Self-attention blocks over the history before target attention.
@@ -208,7 +210,8 @@ class RankingConfig:
         seed: Seed of initialisation, sampling and shuffling.
     """
 
-    dim: int = 64
+    dim: int = 32
+    history_length: int = 20
     num_heads: int = 2
     history_blocks: int = 1
     hidden_units: tuple[int, ...] = (128, 64)
@@ -229,6 +232,11 @@ class RankingConfig:
     def __post_init__(self) -> None:
         f = "ranking"
         require(self.dim >= 2, f"{f}.dim", f"must be >= 2, got {self.dim}")
+        require(
+            self.history_length >= 1,
+            f"{f}.history_length",
+            f"must be >= 1, got {self.history_length}",
+        )
         require(
             self.num_heads >= 1 and self.dim % self.num_heads == 0,
             f"{f}.num_heads",
@@ -443,6 +451,81 @@ class IndexConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    """The online recommender and its HTTP API (`pipelines.serve`, `pipelines.app`).
+
+    Attributes:
+        candidates: Videos fetched from the index for the ranker (N).
+        default_k: Recommendations returned when a request does not say.
+        max_k: Largest ``k`` a request may ask for.
+        max_request_history: Longest history a request may carry.
+        max_exclude: Most ids a request may exclude.
+        diversity: ``"category_cap"`` (at most ``category_cap`` videos per main category in
+            the returned list), ``"mmr"`` (maximal marginal relevance on video embeddings) or
+            ``"none"``.
+        category_cap: Per-category limit of ``category_cap`` diversity.
+        mmr_lambda: Relevance weight of MMR in ``[0, 1]`` (1 ignores similarity).
+        because: History videos named per recommendation (from the ranker's attention).
+        popularity_days: Window of "recent popularity" for cold-start lists.
+        reload_poll_seconds: How often the server checks ``CURRENT`` for a new bundle (0: only
+            on admin reload).
+        max_body_bytes: Largest request body accepted.
+        host: Interface ``vidrec serve`` binds.
+        port: Port ``vidrec serve`` binds.
+        api_key_env: Environment variable holding the API key for write endpoints; when it is
+            unset or empty, write endpoints are open (bind to loopback then).
+        events_synchronous: SQLite ``synchronous`` of the event store (``FULL`` or ``NORMAL``).
+    """
+
+    candidates: int = 300
+    default_k: int = 10
+    max_k: int = 100
+    max_request_history: int = 500
+    max_exclude: int = 1_000
+    diversity: str = "category_cap"
+    category_cap: int = 3
+    mmr_lambda: float = 0.7
+    because: int = 3
+    popularity_days: float = 7.0
+    reload_poll_seconds: float = 5.0
+    max_body_bytes: int = 65_536
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_env: str = "VIDREC_API_KEY"
+    events_synchronous: str = "FULL"
+
+    def __post_init__(self) -> None:
+        f = "serving"
+        require(self.candidates >= 1, f"{f}.candidates", f"must be >= 1, got {self.candidates}")
+        require(self.max_k >= 1, f"{f}.max_k", f"must be >= 1, got {self.max_k}")
+        require(
+            1 <= self.default_k <= self.max_k,
+            f"{f}.default_k",
+            f"must be in [1, max_k={self.max_k}], got {self.default_k}",
+        )
+        require(self.max_request_history >= 1, f"{f}.max_request_history", "must be >= 1")
+        require(self.max_exclude >= 0, f"{f}.max_exclude", "must be >= 0")
+        diversities = ("category_cap", "mmr", "none")
+        require(
+            self.diversity in diversities,
+            f"{f}.diversity",
+            f"must be one of {list(diversities)}, got {self.diversity!r}",
+        )
+        require(self.category_cap >= 1, f"{f}.category_cap", "must be >= 1")
+        require(0.0 <= self.mmr_lambda <= 1.0, f"{f}.mmr_lambda", "must be in [0, 1]")
+        require(self.because >= 0, f"{f}.because", "must be >= 0")
+        require(self.popularity_days > 0, f"{f}.popularity_days", "must be > 0")
+        require(self.reload_poll_seconds >= 0, f"{f}.reload_poll_seconds", "must be >= 0")
+        require(self.max_body_bytes >= 1_024, f"{f}.max_body_bytes", "must be >= 1024")
+        require(1 <= self.port <= 65_535, f"{f}.port", f"must be a TCP port, got {self.port}")
+        require(
+            self.events_synchronous in ("FULL", "NORMAL"),
+            f"{f}.events_synchronous",
+            f"must be FULL or NORMAL, got {self.events_synchronous!r}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class BundlesConfig:
     """Bundle store upkeep (`core.bundle.BundleStore.apply_retention`).
 
@@ -467,6 +550,15 @@ class VidrecConfig:
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     bundles: BundlesConfig = dataclasses.field(default_factory=BundlesConfig)
+    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
+
+    def __post_init__(self) -> None:
+        require(
+            self.ranking.history_length <= self.features.history_length,
+            "ranking.history_length",
+            f"must be <= features.history_length={self.features.history_length}, "
+            f"got {self.ranking.history_length}",
+        )
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -102,8 +102,9 @@ def training_lists(
         Lists with the watched video in column 0.
     """
     rng = np.random.default_rng(config.seed)
-    length = features.config.history_length
-    examples = next_watch_examples(interactions, length, max_examples=config.max_examples)
+    examples = next_watch_examples(
+        interactions, features.config.history_length, max_examples=config.max_examples
+    )
     event_rows = features.video_vocab.lookup(interactions["video_id"].to_numpy(np.int64))
     stamps = interactions["timestamp"].to_numpy(np.int64)
     history_rows = examples.gather(event_rows, 0)
@@ -138,12 +139,15 @@ def training_lists(
         watched = (negatives[:, :, None] == history_rows[start:stop, None, :]).any(axis=2)
         valid[start:stop, 1:] = (negatives != targets) & ~watched
     retrieval = np.einsum("nd,nkd->nk", queries, catalogue[candidates]).astype(np.float32)
-    history_engagement = examples.gather(engagement.astype(np.float32), np.nan)
+    # The ranker reads the most recent `config.history_length` of the retrieval history.
+    recent = slice(-config.history_length, None)
+    history_engagement = examples.gather(engagement.astype(np.float32), np.nan)[:, recent]
     ages = (stamps[examples.target_events][:, None] - examples.gather(stamps, 0)) / 3600.0
+    ages = np.where(examples.history_events >= 0, ages, 0.0)[:, recent]
     return CandidateLists(
-        history_rows=history_rows,
+        history_rows=history_rows[:, recent],
         history_engagement=np.nan_to_num(history_engagement, nan=UNKNOWN_ENGAGEMENT),
-        history_age_hours=np.where(examples.history_events >= 0, ages, 0.0).astype(np.float32),
+        history_age_hours=ages.astype(np.float32),
         candidate_rows=candidates,
         candidate_valid=valid,
         retrieval_scores=retrieval,
@@ -159,6 +163,7 @@ def case_lists(
     encoders: RetrievalEncoders,
     catalogue: np.ndarray,
     num_candidates: int,
+    ranker_history: int,
 ) -> tuple[CandidateLists, np.ndarray]:
     """Retrieval's top-N for each case, watched videos removed, ready for the ranker.
 
@@ -177,7 +182,7 @@ def case_lists(
     first_target = features.video_vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
     hits = rows == first_target[:, None]
     target = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
-    length = features.config.history_length
+    length = ranker_history
     engagement = np.full((len(cases), length), UNKNOWN_ENGAGEMENT, dtype=np.float32)
     ages = np.zeros((len(cases), length), dtype=np.float32)
     now = cases.target_timestamps[cases.target_indptr[:-1]]
@@ -193,7 +198,7 @@ def case_lists(
             values = cases.history_engagement[start + recent]
             engagement[i, span] = np.nan_to_num(values, nan=UNKNOWN_ENGAGEMENT)
     lists = CandidateLists(
-        history_rows=history_rows,
+        history_rows=history_rows[:, -length:],
         history_engagement=engagement,
         history_age_hours=ages,
         candidate_rows=rows,
@@ -227,7 +232,12 @@ class TwoStageScorer:
 
     def __call__(self, cases: EvalCases) -> np.ndarray:
         lists, full = case_lists(
-            cases, self.encoders.features, self.encoders, self.catalogue, self.config.candidates
+            cases,
+            self.encoders.features,
+            self.encoders,
+            self.catalogue,
+            self.config.candidates,
+            self.config.history_length,
         )
         out = self.ranker.score_lists(lists)
         blended = blend_scores(

@@ -108,6 +108,7 @@ def train_job(
         encoders,
         catalogue,
         config.ranking.candidates,
+        config.ranking.history_length,
     )
     seconds["ranker_lists"] = time.perf_counter() - started
     started = time.perf_counter()

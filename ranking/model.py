@@ -118,7 +118,7 @@ class RankerModel(tfrs.Model):
     ) -> None:
         super().__init__()
         self.config = config
-        self.history_length = features.config.history_length
+        self.history_length = config.history_length
         dim = config.dim
         self.video_encoder = VideoEncoder(features, dim)
         self.position_embedding = tf.keras.layers.Embedding(

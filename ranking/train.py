@@ -110,6 +110,11 @@ def train_ranker(
     """
     if len(train_lists) == 0:
         raise DataError("no ranker training lists")
+    if train_lists.history_rows.shape[1] != config.history_length:
+        raise DataError(
+            f"training lists carry {train_lists.history_rows.shape[1]} history columns, "
+            f"ranking.history_length is {config.history_length}; build them with the same config"
+        )
     strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():

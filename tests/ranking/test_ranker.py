@@ -17,6 +17,7 @@ from retrieval.train import train_retrieval
 HISTORY = 8
 RANKING = RankingConfig(
     dim=16,
+    history_length=HISTORY,
     num_heads=2,
     hidden_units=(32,),
     candidates=40,
@@ -64,7 +65,7 @@ def stages():
         catalogue,
         RANKING,
     )
-    validation, _ = case_lists(split.validation, features, encoders, catalogue, 40)
+    validation, _ = case_lists(split.validation, features, encoders, catalogue, 40, HISTORY)
     ranker = train_ranker(lists, features, catalogue, RANKING, validation)
     return data, split, features, encoders, catalogue, lists, validation, ranker
 
