@@ -2,6 +2,13 @@
 
 Both models train one epoch at a time and hand each epoch's figures to `EarlyStopping`, which
 keeps the best epoch's weights (whatever object the caller snapshots) and says when to stop.
+
+Under multi-worker training every worker runs the same loop, and every worker must take the
+same decisions: a worker that stops while another starts an epoch leaves the other blocked in a
+collective operation forever. Validation figures computed on each worker can differ in the last
+bits, and wall-clock budgets differ for sure, so `EarlyStopping` takes a ``consensus`` function
+that replaces this worker's figures by the ones every worker agrees on (the chief's); the
+decision is then a pure function of identical inputs.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,9 @@ class EarlyStopping:
         max_seconds: Wall-clock budget (0 for none); training stops before an epoch that
             would likely overrun it.
         num_examples: Recorded in the history.
+        consensus: For multi-worker training: maps this worker's epoch figures (a list of
+            floats) to the figures all workers use, e.g. a broadcast from the chief. None for
+            a single worker.
     """
 
     def __init__(
@@ -64,8 +74,10 @@ class EarlyStopping:
         max_epochs: int,
         max_seconds: float = 0.0,
         num_examples: int = 0,
+        consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
     ) -> None:
         self.name = name
+        self.consensus = consensus
         self.key = key
         self.patience = patience
         self.max_epochs = max_epochs
@@ -92,6 +104,12 @@ class EarlyStopping:
             snapshot: Called when this epoch is the best so far; its result is kept.
         """
         epoch = len(self.history.epochs) + 1
+        elapsed = time.perf_counter() - self.started
+        if self.consensus is not None:
+            keys = sorted(validation)
+            agreed = list(self.consensus([loss, seconds, elapsed, *(validation[k] for k in keys)]))
+            loss, seconds, elapsed = agreed[:3]
+            validation = dict(zip(keys, agreed[3:], strict=True))
         self.history.epochs.append(EpochRecord(epoch, loss, dict(validation), seconds))
         score = validation.get(self.key, -loss)
         logger.info(
@@ -110,7 +128,6 @@ class EarlyStopping:
             self._bad_epochs = 0
         else:
             self._bad_epochs += 1
-        elapsed = time.perf_counter() - self.started
         if self._bad_epochs >= self.patience:
             self.history.stop_reason = f"no better val {self.key} for {self.patience} epochs"
         elif epoch >= self.max_epochs:

@@ -110,29 +110,40 @@ class TwoTowerModel(tfrs.Model):
         queries = tf.boolean_mask(self.queries(inputs, training=training), inputs["owned"])
         positive_rows = tf.boolean_mask(inputs["target_rows"], inputs["owned"])
         num_queries = tf.shape(positive_rows)[0]
-        candidate_rows = positive_rows
         extra = self.config.extra_negatives
-        if extra:
-            random_rows = tf.random.uniform(
-                [extra], FIRST_ID_ROW, self.num_video_rows, dtype=tf.int64
+        random_rows = (
+            tf.random.uniform([extra], FIRST_ID_ROW, self.num_video_rows, dtype=tf.int64)
+            if extra
+            else None
+        )
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        if replicas == 1:
+            candidate_rows = positive_rows
+            if random_rows is not None:
+                candidate_rows = tf.concat([positive_rows, random_rows], axis=0)
+            candidates = self.embed_rows(candidate_rows, training=training)
+            batch_queries = num_queries
+        else:
+            candidate_rows, candidates, batch_queries = self._global_candidates(
+                context, positive_rows, random_rows, training
             )
-            candidate_rows = tf.concat([positive_rows, random_rows], axis=0)
-        candidates = self.embed_rows(candidate_rows, training=training)
         sampling_probability = None
         if self.config.logq_correction:
             # Expected count of each candidate in the candidate set: in-batch targets follow the
             # target frequency, the extras the uniform distribution.
             num_catalogue = tf.cast(self.num_video_rows - FIRST_ID_ROW, tf.float32)
-            in_batch = tf.cast(num_queries, tf.float32) * tf.gather(
+            in_batch = tf.cast(batch_queries, tf.float32) * tf.gather(
                 self.target_probability, candidate_rows
             )
             expected = in_batch + extra / num_catalogue
             # Only ratios matter; scaling to a maximum of 1 keeps TFRS's clip to [1e-6, 1]
             # from flattening the correction.
             sampling_probability = expected / tf.reduce_max(expected)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        weight = 1.0 / (tf.cast(tf.maximum(num_queries, 1), tf.float32) * replicas)
-        return self.task(
+        # The task sees this replica's mean loss, which is what its epoch_loss metric records
+        # (a per-replica mean, averaged over replicas and steps: comparable across cluster sizes).
+        weight = 1.0 / tf.cast(tf.maximum(num_queries, 1), tf.float32)
+        loss = self.task(
             queries,
             candidates,
             sample_weight=tf.fill([num_queries], weight),
@@ -141,3 +152,46 @@ class TwoTowerModel(tfrs.Model):
             compute_metrics=False,
             compute_batch_metrics=False,
         )
+        if replicas == 1:
+            return loss
+        # The optimizer sums gradients over replicas (tf.distribute all-reduce with SUM), so
+        # each replica returns its share of the global mean: local sum / global query count,
+        # as tf.nn.compute_average_loss does with global_batch_size.
+        share = tf.cast(num_queries, tf.float32) / tf.cast(tf.maximum(batch_queries, 1), tf.float32)
+        return loss * share
+
+    def _global_candidates(
+        self,
+        context: tf.distribute.ReplicaContext,
+        positive_rows: tf.Tensor,
+        random_rows: tf.Tensor | None,
+        training: bool,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Candidates of a replica under a multi-replica strategy: every replica's positives.
+
+        With data parallelism each replica holds ``1 / replicas`` of the global batch; scoring
+        only its own targets would give each query fewer in-batch negatives than one worker
+        training on the whole batch, and a different loss. The targets and their embeddings
+        are all-gathered instead (the gather is differentiable: gradients flow back to the
+        replica that embedded each target), with this replica's own positives first, since
+        TFRS labels query ``i`` with candidate ``i``.
+
+        Returns:
+            ``candidate_rows [c] int64``, ``candidates [c, d] float32`` and the number of
+            queries in the global batch.
+        """
+        num_queries = tf.shape(positive_rows)[0]
+        positives = self.embed_rows(positive_rows, training=training)
+        all_rows = context.all_gather(positive_rows, axis=0)
+        all_vectors = context.all_gather(positives, axis=0)
+        counts = context.all_gather(tf.reshape(num_queries, [1]), axis=0)
+        start = tf.reduce_sum(counts[: context.replica_id_in_sync_group])
+        stop = start + num_queries
+        rows = [positive_rows, all_rows[:start], all_rows[stop:]]
+        vectors = [positives, all_vectors[:start], all_vectors[stop:]]
+        if random_rows is not None:
+            # Same seed on every worker: the extras are the same set on every replica, like the
+            # one set a single worker draws per batch.
+            rows.append(random_rows)
+            vectors.append(self.embed_rows(random_rows, training=training))
+        return tf.concat(rows, axis=0), tf.concat(vectors, axis=0), tf.reduce_sum(counts)

@@ -1,10 +1,25 @@
-"""Training the two-tower model: windows in, early stopping on validation Recall@N."""
+"""Training the two-tower model: windows in, early stopping on validation Recall@N.
+
+The same loop runs on one worker or on several under `tf.distribute.MultiWorkerMirroredStrategy`
+(DESIGN.md section 8). Under several workers:
+
+- ``batch_size`` is the *global* batch: Keras splits each batch of the input pipeline across the
+  replicas, so N workers take the same optimizer steps on the same batches as one worker would.
+- Every worker builds the same input pipeline (same windows, same shuffle seed) and tf.data
+  auto-sharding by element (``AutoShardPolicy.DATA``) gives each its part of every batch; that is
+  a partition only because the order is deterministic, hence the fixed shuffle seed.
+- The loss is scaled for the cross-replica gradient sum and each query sees every replica's
+  targets as negatives (`TwoTowerModel.compute_loss`).
+- Every worker validates, and `EarlyStopping` decides on the chief's figures, broadcast to all
+  (`chief_consensus`), so all workers stop after the same epoch and keep the same weights.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -63,8 +78,42 @@ def window_dataset(
         "user_attributes": features.user_attribute_matrix(windows.user_rows),
     }
     dataset = tf.data.Dataset.from_tensor_slices(tensors)
+    # Under several workers each one keeps its share of every batch (sharding by element); the
+    # seeded shuffle gives every worker the same order, which makes the shares a partition.
     dataset = dataset.shuffle(len(windows), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def chief_consensus(
+    strategy: tf.distribute.Strategy,
+) -> Callable[[Sequence[float]], list[float]] | None:
+    """A function replacing a worker's figures by the chief's (replica 0's) on every worker.
+
+    For `core.training.EarlyStopping` under several replicas: every worker passes its own epoch
+    figures and gets the same list back, so all take the same stopping decision. A collective
+    all-reduce (a sum in which only replica 0 contributes); every worker must call it the same
+    number of times. None for a single replica, where there is nothing to agree on.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return None
+
+    @tf.function
+    def broadcast(values: tf.Tensor) -> tf.Tensor:
+        def from_replica_zero(local: tf.Tensor) -> tf.Tensor:
+            context = tf.distribute.get_replica_context()
+            mine = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), local.dtype)
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, local * mine)
+
+        return strategy.run(from_replica_zero, args=(values,))
+
+    def consensus(values: Sequence[float]) -> list[float]:
+        result = broadcast(tf.constant(list(values), dtype=tf.float64))
+        first = strategy.experimental_local_results(result)[0]
+        return [float(v) for v in first.numpy()]
+
+    return consensus
 
 
 def evaluate_retrieval(
@@ -135,6 +184,10 @@ def train_retrieval(
     with strategy.scope():
         model = TwoTowerModel(features, config, frequency)
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    # Keras reports a metric under several replicas as the sum of the replicas' values ("auto"
+    # means "sum" off TPUs); pinned here because the epoch loss below divides by the replicas.
+    model.distribute_reduction_method = "sum"
+    replicas = strategy.num_replicas_in_sync
     stopping = EarlyStopping(
         "retrieval",
         f"recall@{config.validation_recall_at}",
@@ -142,6 +195,7 @@ def train_retrieval(
         config.max_epochs,
         config.max_train_seconds,
         num_examples=windows.num_examples,
+        consensus=chief_consensus(strategy),
     )
     trained = TrainedRetrieval(model, features, config, stopping.history)
     dataset = window_dataset(windows, features, config.batch_size, config.seed)
@@ -149,14 +203,12 @@ def train_retrieval(
         started = time.perf_counter()
         logs = model.fit(dataset, epochs=1, verbose=0).history
         metrics = (
-            evaluate_retrieval(
-                trained.encoders(), validation, ns=(config.validation_recall_at,)
-            )
+            evaluate_retrieval(trained.encoders(), validation, ns=(config.validation_recall_at,))
             if validation is not None
             else {}
         )
         if not stopping.record(
-            float(logs["epoch_loss"][-1]),
+            float(logs["epoch_loss"][-1]) / replicas,
             metrics,
             time.perf_counter() - started,
             model.get_weights,
