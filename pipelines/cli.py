@@ -129,14 +129,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import contextlib
+
     from core.bundle import BundleStore
+    from core.lock import JobLock
+    from pipelines.distribute import describe_task, is_chief
     from pipelines.train import train_job
 
     config = load_config(args.config, _training_overrides(args))
-    dataset = _load_data(args)
-    result = train_job(
-        dataset, config, BundleStore(args.artifacts), publish=not args.no_publish, progress=True
-    )
+    # One job at a time per artifacts root. Under several workers (TF_CONFIG) only the chief
+    # writes, so only the chief takes the lock.
+    lock = JobLock(args.artifacts) if is_chief() else contextlib.nullcontext()
+    with lock:
+        dataset = _load_data(args)
+        result = train_job(
+            dataset, config, BundleStore(args.artifacts), publish=not args.no_publish, progress=True
+        )
+    if not result.bundle_id:
+        print(f"{describe_task()}: training done; the chief wrote the bundle")
+        return EXIT_OK
     print(f"bundle {result.bundle_id} at {result.bundle_dir}")
     print("validation: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(result.validation.items())))
     return EXIT_OK

@@ -20,7 +20,7 @@ from core.features import FeatureSpace, engagement_labels
 from core.schema import Dataset
 from core.splits import leave_one_out
 from pipelines import artifacts
-from pipelines.distribute import make_strategy
+from pipelines.distribute import barrier, describe_task, is_chief, make_strategy
 from pipelines.ranking_data import case_lists, training_lists
 from ranking.train import train_ranker
 from retrieval.train import train_retrieval
@@ -36,14 +36,15 @@ class TrainResult:
     """Outcome of a training run.
 
     Attributes:
-        bundle_id: The new bundle.
-        bundle_dir: Its directory.
+        bundle_id: The new bundle (empty on the workers other than the chief of a
+            multi-worker run: only the chief writes).
+        bundle_dir: Its directory (None where ``bundle_id`` is empty).
         validation: Validation metrics of the kept epochs (``retrieval/...``, ``ranking/...``).
         seconds: Wall time by stage.
     """
 
     bundle_id: str
-    bundle_dir: Path
+    bundle_dir: Path | None
     validation: dict[str, float]
     seconds: dict[str, float]
 
@@ -118,6 +119,13 @@ def train_job(
     seconds["train_ranker"] = time.perf_counter() - started
     validation = {f"retrieval/{k}": v for k, v in retrieval.history.best.validation.items()}
     validation.update({f"ranking/{k}": v for k, v in ranker.history.best.validation.items()})
+    if not is_chief():
+        # Under several workers every worker trains, only the chief writes artifacts (two
+        # writers would race on the bundle store); the others wait here until it has.
+        logger.info("%s: training done; the chief writes the bundle", describe_task())
+        barrier(strategy)
+        return TrainResult("", None, validation, seconds)
+
     started = time.perf_counter()
     with store.stage(parent=store.current_id()) as staged:
         artifacts.write_config(staged.path, config)
@@ -137,4 +145,5 @@ def train_job(
     seconds["write_bundle"] = time.perf_counter() - started
     if publish:
         store.publish(bundle_id)
+    barrier(strategy)  # the other workers exit once the chief has written
     return TrainResult(bundle_id, bundle_dir, validation, seconds)

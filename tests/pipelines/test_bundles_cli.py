@@ -179,3 +179,10 @@ def test_prune_keeps_newest_and_protected(store, capsys, tmp_path):
     bad.write_text(json.dumps({"bundles": {"keep_last": 0}}))
     assert main(["bundles", "prune", "--config", str(bad), "--artifacts", str(store.root)]) == 2
     assert "bundles.keep_last: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_exits_75_before_reading_data_while_a_job_holds_the_lock(tmp_path, capsys):
+    with JobLock(tmp_path, command="vidrec retrain --cutoff 2026-01-05"):
+        code = main(["train", "--data", str(tmp_path / "nowhere"), "--artifacts", str(tmp_path)])
+    assert code == EXIT_LOCKED
+    assert "vidrec train: error: another vidrec job holds the lock" in capsys.readouterr().err
