@@ -413,20 +413,32 @@ def _video_arrays(
     stats: NumericStats,
     config: FeatureConfig,
 ) -> VideoFeatureArrays:
+    """Content features of a validated videos table, vectorised over videos.
+
+    Python touches each *distinct* category tuple, creator, title, tag and token once (a
+    catalogue of a million videos has far fewer of most); everything per video is numpy.
+    """
     n = len(videos)
     out = _zero_arrays(n, config)
     out.video_rows[:] = rows
     if not config.use_content_features:
         return out
-    for i, cats in enumerate(videos["categories"]):
+    codes, uniques = pd.factorize(videos["categories"].to_numpy(dtype=object))
+    by_tuple = np.zeros((len(uniques), config.max_categories), dtype=np.int64)
+    for u, cats in enumerate(uniques):
         picked = [categories.row(c) for c in cats[: config.max_categories]]
-        out.category_rows[i, : len(picked)] = picked
-    buckets = config.token_hash_buckets
-    for i, (title, tags) in enumerate(zip(videos["title"], videos["tags"], strict=True)):
-        tokens = tokenize(title) + [f"tag:{t}" for tag in tags for t in tokenize(tag)]
-        hashed = [hash_token(t, buckets) for t in dict.fromkeys(tokens)][: config.max_tokens]
-        out.token_ids[i, : len(hashed)] = hashed
-    out.creator_rows[:] = [creators.row(c) for c in videos["creator"]]
+        by_tuple[u, : len(picked)] = picked
+    out.category_rows[:] = by_tuple[codes]
+    for start in range(0, n, _TOKEN_CHUNK):
+        stop = min(start + _TOKEN_CHUNK, n)
+        out.token_ids[start:stop] = _token_ids(
+            videos["title"].iloc[start:stop],
+            videos["tags"].iloc[start:stop],
+            config.token_hash_buckets,
+            config.max_tokens,
+        )
+    codes, uniques = pd.factorize(videos["creator"].to_numpy(dtype=object))
+    out.creator_rows[:] = np.array([creators.row(c) for c in uniques], dtype=np.int64)[codes]
     year, has_year = _standardise(
         videos["year"].to_numpy(np.float64), stats.year_mean, stats.year_std
     )
@@ -439,6 +451,75 @@ def _video_arrays(
         videos["upload_time"].to_numpy(np.float64), stats.upload_mean, stats.upload_std
     )
     out.numeric[:] = np.stack([year, has_year, duration, has_duration, upload, has_upload], axis=1)
+    return out
+
+
+_TOKEN_CHUNK = 200_000
+
+
+def _segments(texts: list[list[str]]) -> tuple[list[str], np.ndarray]:
+    """Token lists flattened, and ``[len(texts) + 1]`` offsets of each list."""
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)), out=offsets[1:])
+    return [t for tokens in texts for t in tokens], offsets
+
+
+def _token_ids(titles: pd.Series, tags: pd.Series, buckets: int, max_tokens: int) -> np.ndarray:
+    """``[n, max_tokens] int64``: hashed title tokens, then ``tag:`` tokens of each tag in order,
+    first occurrence of each token kept, 0-padded (what `tokenize` and `hash_token` give per
+    video, computed once per distinct title, tag and token).
+    """
+    n = len(titles)
+    title_codes, title_uniques = pd.factorize(titles.to_numpy(dtype=object))
+    title_tokens, title_offsets = _segments([tokenize(t) for t in title_uniques])
+    tag_lists = tags.to_numpy(dtype=object)
+    tags_per_video = np.fromiter(map(len, tag_lists), np.int64, n)
+    tag_codes, tag_uniques = pd.factorize(
+        np.array([t for video_tags in tag_lists for t in video_tags], dtype=object)
+    )
+    tag_tokens, tag_offsets = _segments(
+        [[f"tag:{t}" for t in tokenize(tag)] for tag in tag_uniques]
+    )
+    token_codes, token_uniques = pd.factorize(
+        np.array(title_tokens + tag_tokens, dtype=object), use_na_sentinel=False
+    )
+    hashes = np.fromiter(
+        (hash_token(t, buckets) for t in token_uniques), np.int64, len(token_uniques)
+    )
+    # Segments in video order: each video's title, then its tags in order.
+    segment_video = np.concatenate(
+        [np.arange(n, dtype=np.int64), np.repeat(np.arange(n, dtype=np.int64), tags_per_video)]
+    )
+    segment_order = np.concatenate(
+        [
+            np.zeros(n, dtype=np.int64),
+            1
+            + np.arange(len(tag_codes))
+            - np.repeat(np.cumsum(tags_per_video) - tags_per_video, tags_per_video),
+        ]
+    )
+    segment_start = np.concatenate(
+        [title_offsets[title_codes], len(title_tokens) + tag_offsets[tag_codes]]
+    )
+    segment_stop = np.concatenate(
+        [title_offsets[title_codes + 1], len(title_tokens) + tag_offsets[tag_codes + 1]]
+    )
+    order = np.lexsort((segment_order, segment_video))
+    lengths = (segment_stop - segment_start)[order]
+    first = np.cumsum(lengths) - lengths
+    positions = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(
+        segment_start[order] - first, lengths
+    )
+    video = np.repeat(segment_video[order], lengths)
+    token = token_codes[positions]
+    # Keep the first occurrence of each token per video (np.unique returns first indices).
+    _, kept = np.unique(video * max(len(token_uniques), 1) + token, return_index=True)
+    kept.sort()
+    video, token = video[kept], token[kept]
+    slot = np.arange(len(video)) - np.searchsorted(video, video)
+    keep = slot < max_tokens
+    out = np.zeros((n, max_tokens), dtype=np.int64)
+    out[video[keep], slot[keep]] = hashes[token[keep]]
     return out
 
 
