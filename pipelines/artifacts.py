@@ -6,8 +6,14 @@
     retrieval/    towers/ (SavedModel: query + embed_videos signatures),
                   video_embeddings.npy [n, d] float32, video_ids.npy [n] int64
     ranking/      ranker/ (SavedModel: score signature)
-    reports/      training reports (JSON) and curves (PNG)
+    index/        videos.faiss, index_ids.npy, index_report.json, index_meta.json
+                  (`index.VideoIndex.save`; written by `pipelines.build_index`)
+    reports/      training reports (JSON) and curves (PNG), index_build.json
     config.json   the resolved configuration
+
+`load_bundle` is the one loader for serving and jobs: it verifies every checksum, loads all
+three parts and refuses a bundle whose parts disagree. `load_retrieval` and `load_ranker` load
+the halves alone (evaluation, and jobs that build on a bundle that has no index yet).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from core.features import FeatureSpace
 from core.io import atomic_save_npy, atomic_write_json
 from core.training import TrainingHistory
 from core.vocab import FIRST_ID_ROW
+from index import VideoIndex
 from pipelines import plots
 from ranking.encoders import RankerScorer
 from ranking.train import TrainedRanker
@@ -33,6 +40,8 @@ from retrieval.encoders import RetrievalEncoders
 from retrieval.train import TrainedRetrieval
 
 logger = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
 
 
 def write_config(bundle_dir: Path, config: VidrecConfig) -> None:
@@ -51,19 +60,33 @@ def read_config(bundle_dir: Path) -> VidrecConfig:
     return config_from_dict(VidrecConfig, payload)
 
 
-def write_retrieval(bundle_dir: Path, trained: TrainedRetrieval, progress: bool = False) -> None:
+def write_retrieval(
+    bundle_dir: Path,
+    trained: TrainedRetrieval,
+    progress: bool = False,
+    catalogue: np.ndarray | None = None,
+) -> None:
     """Writes the feature space, both towers and the catalogue's embeddings.
 
     Args:
         bundle_dir: The staged bundle directory.
         trained: The trained model.
         progress: Show a progress bar while embedding the catalogue.
+        catalogue: ``[num_rows, d] float32`` the trained towers' `catalogue_embeddings`, when
+            the caller already has them (they are computed otherwise).
     """
     encoders = trained.encoders()
     trained.features.save(bundle_dir / "vocab")
     retrieval_dir = bundle_dir / "retrieval"
     encoders.save(retrieval_dir)
-    embeddings = encoders.catalogue_embeddings(progress=progress)[FIRST_ID_ROW:]
+    if catalogue is None:
+        catalogue = encoders.catalogue_embeddings(progress=progress)
+    if catalogue.shape != (trained.features.video_vocab.num_rows, encoders.dim):
+        raise BundleError(
+            f"catalogue embeddings {catalogue.shape} do not cover the "
+            f"{trained.features.video_vocab.num_rows} vocabulary rows x {encoders.dim} dims"
+        )
+    embeddings = catalogue[FIRST_ID_ROW:]
     atomic_save_npy(retrieval_dir / "video_embeddings.npy", embeddings)
     atomic_save_npy(retrieval_dir / "video_ids.npy", trained.features.video_vocab.ids)
     _write_training_report(bundle_dir, "retrieval", "two-tower retrieval", trained.history)
@@ -121,11 +144,20 @@ def load_retrieval(bundle_dir: str | os.PathLike[str]) -> RetrievalBundle:
             disagree on dimension or count.
     """
     bundle_dir = Path(bundle_dir)
-    manifest = verify_bundle(bundle_dir)
+    return _load_retrieval(bundle_dir, verify_bundle(bundle_dir))
+
+
+def _load_retrieval(bundle_dir: Path, manifest: Manifest) -> RetrievalBundle:
+    """The retrieval half of a bundle whose manifest was just verified."""
     features = FeatureSpace.load(bundle_dir / "vocab")
     encoders = RetrievalEncoders.load(bundle_dir / "retrieval", features)
-    embeddings = np.load(bundle_dir / "retrieval" / "video_embeddings.npy", allow_pickle=False)
-    ids = np.load(bundle_dir / "retrieval" / "video_ids.npy", allow_pickle=False)
+    try:
+        embeddings = np.load(bundle_dir / "retrieval" / "video_embeddings.npy", allow_pickle=False)
+        ids = np.load(bundle_dir / "retrieval" / "video_ids.npy", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise BundleError(
+            f"bundle {manifest.bundle_id}: cannot read retrieval/: {error}"
+        ) from error
     if embeddings.ndim != 2 or embeddings.dtype != np.float32:
         raise BundleError(
             f"bundle {manifest.bundle_id}: video_embeddings.npy is {embeddings.dtype} "
@@ -138,10 +170,15 @@ def load_retrieval(bundle_dir: str | os.PathLike[str]) -> RetrievalBundle:
     }
     if len(set(dims.values())) != 1:
         raise BundleError(f"bundle {manifest.bundle_id}: embedding dimensions disagree: {dims}")
-    if len(ids) != len(embeddings) or not np.array_equal(ids, features.video_vocab.ids):
+    if (
+        ids.dtype != np.int64
+        or len(ids) != len(embeddings)
+        or not np.array_equal(ids, features.video_vocab.ids)
+    ):
         raise BundleError(
-            f"bundle {manifest.bundle_id}: video_ids.npy ({len(ids)}) does not match the "
-            f"embeddings ({len(embeddings)}) and the vocabulary ({features.video_vocab.num_ids})"
+            f"bundle {manifest.bundle_id}: video_ids.npy ({len(ids)} {ids.dtype}) does not match "
+            f"the embeddings ({len(embeddings)}) and the vocabulary "
+            f"({features.video_vocab.num_ids})"
         )
     logger.info("loaded retrieval of bundle %s (%d videos)", manifest.bundle_id, len(ids))
     return RetrievalBundle(manifest, features, encoders, embeddings, ids)
@@ -154,9 +191,109 @@ def load_ranker(bundle_dir: str | os.PathLike[str], retrieval: RetrievalBundle) 
         BundleError: The bundle has no ranker, or it does not load.
     """
     bundle_dir = Path(bundle_dir)
+    return _load_ranker(bundle_dir, retrieval, read_config(bundle_dir))
+
+
+def _load_ranker(
+    bundle_dir: Path, retrieval: RetrievalBundle, config: VidrecConfig
+) -> RankerScorer:
     if not (bundle_dir / "ranking").is_dir():
         raise BundleError(f"bundle {retrieval.manifest.bundle_id} has no ranker")
-    config = read_config(bundle_dir)
     return RankerScorer.load(
         bundle_dir / "ranking", retrieval.features, retrieval.catalogue_rows(), config.ranking
     )
+
+
+@dataclasses.dataclass
+class LoadedBundle:
+    """Everything a server or job needs from one verified bundle.
+
+    Attributes:
+        path: The bundle directory.
+        manifest: Its verified manifest.
+        config: Its ``config.json``.
+        retrieval: Feature space, towers, catalogue embeddings and ids.
+        ranker: The ranker, or None when loaded with ``ranker=False``.
+        index: The candidate index over exactly the catalogue's videos.
+    """
+
+    path: Path
+    manifest: Manifest
+    config: VidrecConfig
+    retrieval: RetrievalBundle
+    ranker: RankerScorer | None
+    index: VideoIndex
+
+    @property
+    def bundle_id(self) -> str:
+        """The bundle's id."""
+        return self.manifest.bundle_id
+
+
+def load_bundle(bundle_dir: str | os.PathLike[str], *, ranker: bool = True) -> LoadedBundle:
+    """Verifies and loads a whole bundle: retrieval, ranker and index.
+
+    Checks, in order: every file against the manifest's sha256; that the manifest's
+    ``embedding_dim``, the user tower's output, ``video_embeddings.npy`` and the index have one
+    dimension; that ``video_ids.npy`` matches the vocabulary; that the index holds exactly the
+    catalogue's ids (no missing, no extra videos); and that the index's own checksums hold.
+
+    Args:
+        bundle_dir: A committed bundle directory.
+        ranker: Also load the ranker (serving needs it; index jobs do not).
+
+    Returns:
+        The loaded bundle.
+
+    Raises:
+        BundleError: Naming what is missing, altered or disagrees; the bundle must not be served.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = verify_bundle(bundle_dir)
+    if not (bundle_dir / INDEX_DIR).is_dir():
+        raise BundleError(
+            f"bundle {manifest.bundle_id} has no {INDEX_DIR}/; build one with "
+            f"`vidrec build-index --bundle {manifest.bundle_id}`"
+        )
+    config = read_config(bundle_dir)
+    retrieval = _load_retrieval(bundle_dir, manifest)
+    try:
+        index = VideoIndex.load(bundle_dir / INDEX_DIR, expected_dim=retrieval.encoders.dim)
+    except BundleError as error:
+        raise BundleError(f"bundle {manifest.bundle_id}: {error}") from error
+    check_index_matches(manifest.bundle_id, index, retrieval)
+    scorer = _load_ranker(bundle_dir, retrieval, config) if ranker else None
+    logger.info(
+        "loaded bundle %s: %d videos, %s index, d=%d%s",
+        manifest.bundle_id,
+        len(retrieval.video_ids),
+        index.kind,
+        index.dim,
+        ", ranker" if scorer is not None else "",
+    )
+    return LoadedBundle(bundle_dir, manifest, config, retrieval, scorer, index)
+
+
+def check_index_matches(bundle_id: str, index: VideoIndex, retrieval: RetrievalBundle) -> None:
+    """Refuses an index whose dimension or ids differ from the retrieval half's catalogue.
+
+    Raises:
+        BundleError: Naming the dimensions, or how many ids are missing from / extra in the index
+            (with examples).
+    """
+    if index.dim != retrieval.video_embeddings.shape[1]:
+        raise BundleError(
+            f"bundle {bundle_id}: index dimension {index.dim} does not match the embeddings' "
+            f"{retrieval.video_embeddings.shape[1]}"
+        )
+    indexed = np.sort(index.ids())
+    catalogue = np.sort(retrieval.video_ids)
+    if not np.array_equal(indexed, catalogue):
+        missing = np.setdiff1d(catalogue, indexed, assume_unique=True)
+        extra = np.setdiff1d(indexed, catalogue, assume_unique=True)
+        raise BundleError(
+            f"bundle {bundle_id}: the index does not hold exactly the catalogue's videos "
+            f"({len(indexed)} indexed, {len(catalogue)} in the catalogue; {len(missing)} missing, "
+            f"e.g. {missing[:3].tolist()}; {len(extra)} not in the catalogue, e.g. "
+            f"{extra[:3].tolist()}); rebuild it with `vidrec build-index`"
+        )
