@@ -89,7 +89,13 @@ def run_worker(data_dir: Path, setup: Setup, result_path: Path, export_dir: Path
     The strategy is created first: a multi-worker strategy must configure TensorFlow's
     collective ops before any other TensorFlow work.
     """
-    from pipelines.distribute import barrier, describe_task, is_chief, make_strategy
+    from pipelines.distribute import (
+        barrier,
+        chief_consensus,
+        describe_task,
+        is_chief,
+        make_strategy,
+    )
 
     strategy = make_strategy()
     started = time.perf_counter()
@@ -108,6 +114,7 @@ def run_worker(data_dir: Path, setup: Setup, result_path: Path, export_dir: Path
         setup.retrieval_config(),
         validation=split.validation,
         strategy=strategy,
+        consensus=chief_consensus(strategy),
     )
     seconds = time.perf_counter() - started
     digest = hashlib.sha256()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -154,3 +155,33 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
         _BARRIERS[id(strategy)] = arrive
     arrived = strategy.experimental_local_results(_BARRIERS[id(strategy)]())
     logger.debug("barrier: %d replicas arrived", int(arrived[0].numpy()))
+
+
+def chief_consensus(
+    strategy: tf.distribute.Strategy,
+) -> Callable[[Sequence[float]], list[float]] | None:
+    """A function replacing a worker's figures by the chief's (replica 0's) on every worker.
+
+    For `core.training.EarlyStopping` under several replicas: every worker passes its own epoch
+    figures and gets the same list back, so all take the same stopping decision. A collective
+    all-reduce (a sum in which only replica 0 contributes); every worker must call it the same
+    number of times. None for a single replica, where there is nothing to agree on.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return None
+
+    @tf.function
+    def broadcast(values: tf.Tensor) -> tf.Tensor:
+        def from_replica_zero(local: tf.Tensor) -> tf.Tensor:
+            context = tf.distribute.get_replica_context()
+            mine = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), local.dtype)
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, local * mine)
+
+        return strategy.run(from_replica_zero, args=(values,))
+
+    def consensus(values: Sequence[float]) -> list[float]:
+        result = broadcast(tf.constant(list(values), dtype=tf.float64))
+        first = strategy.experimental_local_results(result)[0]
+        return [float(v) for v in first.numpy()]
+
+    return consensus

@@ -156,12 +156,16 @@ class RankerModel(tfrs.Model):
             "creator_rows": tf.constant(tables.creator_rows),
             "numeric": tf.constant(tables.numeric),
         }
+        # Sums weighted by 1 / global batch: the mean over the global batch under any number
+        # of replicas (Keras' default reductions are refused in a distributed train step).
         self.watch_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+            loss=tf.keras.losses.CategoricalCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.SUM
+            ),
             loss_metrics=[tf.keras.metrics.Mean(name="watch_loss")],
         )
         self.engagement_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(),
+            loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.SUM),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="engagement_rmse")],
         )
         self.epoch_loss = tf.keras.metrics.Mean(name="epoch_loss")
@@ -316,14 +320,19 @@ class RankerModel(tfrs.Model):
         """
         out = self.score_batch(batch, training=training)
         logits = tf.where(batch["candidate_valid"], out["watch_logits"], MASKED_LOGIT)
-        labels = tf.one_hot(tf.zeros(tf.shape(logits)[0], tf.int32), tf.shape(logits)[1])
-        watch_loss = self.watch_task(labels=labels, predictions=logits)
+        size = tf.shape(logits)[0]
+        labels = tf.one_hot(tf.zeros(size, tf.int32), tf.shape(logits)[1])
+        replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+        per_example = 1.0 / (tf.cast(size, tf.float32) * replicas)
+        watch_loss = self.watch_task(
+            labels=labels, predictions=logits, sample_weight=tf.fill([size], per_example)
+        )
         target = batch["engagement"]
-        known = tf.math.is_finite(target)
+        known = tf.cast(tf.math.is_finite(target), tf.float32)
         engagement_loss = self.engagement_task(
-            labels=tf.where(known, target, 0.0)[:, None],
+            labels=tf.where(known > 0, target, 0.0)[:, None],
             predictions=out["engagement"][:, :1],
-            sample_weight=tf.cast(known, tf.float32),
+            sample_weight=known / (tf.maximum(tf.reduce_sum(known), 1.0) * replicas),
         )
         loss = watch_loss + self.config.engagement_loss_weight * engagement_loss
         self.epoch_loss.update_state(loss)

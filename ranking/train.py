@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -13,6 +14,7 @@ from core.config import RankingConfig
 from core.errors import DataError
 from core.features import FeatureSpace
 from core.training import EarlyStopping, TrainingHistory
+from core.warm_start import grow_weights
 from ranking.blend import blend_scores
 from ranking.encoders import RankerScorer
 from ranking.inputs import CandidateLists
@@ -89,6 +91,8 @@ def train_ranker(
     config: RankingConfig,
     validation_lists: CandidateLists | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    initial_weights: Sequence[np.ndarray] | None = None,
+    consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
 ) -> TrainedRanker:
     """Trains the ranker.
 
@@ -101,6 +105,10 @@ def train_ranker(
         validation_lists: Retrieval's top-N for validation cases, for early stopping on the
             NDCG@10 of the reranked lists.
         strategy: Distribution strategy; the default when None.
+        initial_weights: A previous model's weights to warm start from (same code, tables
+            possibly grown: see `core.warm_start.grow_weights`).
+        consensus: Under several workers, maps this worker's epoch figures to the chief's so
+            every worker stops at the same epoch (`pipelines.distribute.chief_consensus`).
 
     Returns:
         The trained ranker with its best epoch's weights.
@@ -120,6 +128,9 @@ def train_ranker(
     with strategy.scope():
         model = RankerModel(features, catalogue_embeddings, config)
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    # Metrics of several replicas are summed; the epoch loss below divides by the replicas.
+    model.distribute_reduction_method = "sum"
+    replicas = strategy.num_replicas_in_sync
     stopping = EarlyStopping(
         "ranking",
         "ndcg@10",
@@ -127,12 +138,19 @@ def train_ranker(
         config.max_epochs,
         config.max_train_seconds,
         num_examples=len(train_lists),
+        consensus=consensus,
     )
     trained = TrainedRanker(model, features, catalogue_embeddings, config, stopping.history)
     logger.info(
         "ranking: %d lists of %d candidates", len(train_lists), train_lists.candidate_rows.shape[1]
     )
     dataset = _dataset(train_lists, config.batch_size, config.seed)
+    if initial_weights is not None:
+        with strategy.scope():
+            model.compute_loss(next(iter(dataset)), training=False)  # creates the variables
+        weights, report = grow_weights(model.get_weights(), initial_weights)
+        model.set_weights(weights)
+        logger.info("%s warm start: %s", stopping.name, report)
     while True:
         started = time.perf_counter()
         logs = model.fit(dataset, epochs=1, verbose=0).history
@@ -147,7 +165,7 @@ def train_ranker(
             )
             metrics = list_metrics(scores, validation_lists.target)
         if not stopping.record(
-            float(logs["epoch_loss"][-1]),
+            float(logs["epoch_loss"][-1]) / replicas,
             metrics,
             time.perf_counter() - started,
             model.get_weights,

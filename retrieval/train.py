@@ -11,7 +11,7 @@ The same loop runs on one worker or on several under `tf.distribute.MultiWorkerM
 - The loss is scaled for the cross-replica gradient sum and each query sees every replica's
   targets as negatives (`TwoTowerModel.compute_loss`).
 - Every worker validates, and `EarlyStopping` decides on the chief's figures, broadcast to all
-  (`chief_consensus`), so all workers stop after the same epoch and keep the same weights.
+  (the ``consensus`` argument), so all workers stop after the same epoch and keep the same weights.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from core.sequences import Windows, training_windows
 from core.splits import EvalCases
 from core.training import EarlyStopping, TrainingHistory
 from core.vocab import FIRST_ID_ROW
+from core.warm_start import grow_weights
 from retrieval.encoders import RetrievalEncoders
 from retrieval.model import TwoTowerModel
 
@@ -86,36 +87,6 @@ def window_dataset(
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def chief_consensus(
-    strategy: tf.distribute.Strategy,
-) -> Callable[[Sequence[float]], list[float]] | None:
-    """A function replacing a worker's figures by the chief's (replica 0's) on every worker.
-
-    For `core.training.EarlyStopping` under several replicas: every worker passes its own epoch
-    figures and gets the same list back, so all take the same stopping decision. A collective
-    all-reduce (a sum in which only replica 0 contributes); every worker must call it the same
-    number of times. None for a single replica, where there is nothing to agree on.
-    """
-    if strategy.num_replicas_in_sync == 1:
-        return None
-
-    @tf.function
-    def broadcast(values: tf.Tensor) -> tf.Tensor:
-        def from_replica_zero(local: tf.Tensor) -> tf.Tensor:
-            context = tf.distribute.get_replica_context()
-            mine = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), local.dtype)
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, local * mine)
-
-        return strategy.run(from_replica_zero, args=(values,))
-
-    def consensus(values: Sequence[float]) -> list[float]:
-        result = broadcast(tf.constant(list(values), dtype=tf.float64))
-        first = strategy.experimental_local_results(result)[0]
-        return [float(v) for v in first.numpy()]
-
-    return consensus
-
-
 def evaluate_retrieval(
     encoders: RetrievalEncoders,
     cases: EvalCases,
@@ -141,6 +112,8 @@ def train_retrieval(
     config: RetrievalConfig,
     validation: EvalCases | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    initial_weights: Sequence[np.ndarray] | None = None,
+    consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
 ) -> TrainedRetrieval:
     """Trains the two-tower model on (history before t, video at t) pairs.
 
@@ -151,6 +124,10 @@ def train_retrieval(
         validation: Cases for early stopping on Recall@N; without them the training loss is
             the stopping signal.
         strategy: Distribution strategy; the default (single device) when None.
+        initial_weights: A previous model's weights to warm start from (same code, tables
+            possibly grown: see `core.warm_start.grow_weights`).
+        consensus: Under several workers, maps this worker's epoch figures to the chief's so
+            every worker stops at the same epoch (`pipelines.distribute.chief_consensus`).
 
     Returns:
         The trained model, with the best epoch's weights restored.
@@ -195,10 +172,16 @@ def train_retrieval(
         config.max_epochs,
         config.max_train_seconds,
         num_examples=windows.num_examples,
-        consensus=chief_consensus(strategy),
+        consensus=consensus,
     )
     trained = TrainedRetrieval(model, features, config, stopping.history)
     dataset = window_dataset(windows, features, config.batch_size, config.seed)
+    if initial_weights is not None:
+        with strategy.scope():
+            model.compute_loss(next(iter(dataset)), training=False)  # creates the variables
+        weights, report = grow_weights(model.get_weights(), initial_weights)
+        model.set_weights(weights)
+        logger.info("%s warm start: %s", stopping.name, report)
     while True:
         started = time.perf_counter()
         logs = model.fit(dataset, epochs=1, verbose=0).history

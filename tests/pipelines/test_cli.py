@@ -10,6 +10,7 @@ TINY_MODEL = {
     "features": {"history_length": 10, "max_tokens": 8},
     "ranking": {
         "dim": 16,
+        "history_length": 10,
         "hidden_units": [32],
         "candidates": 50,
         "hard_negatives": 6,

@@ -131,3 +131,36 @@ def test_new_video_gets_a_content_embedding(trained, platform):
     twin_row = model.features.video_vocab.lookup([known["video_id"]])[0]
     similarities = catalogue[2 : model.features.video_vocab.num_rows] @ new_vector
     assert catalogue[twin_row] @ new_vector > np.median(similarities)
+
+
+def test_warm_start_keeps_old_rows_and_adds_new_ones(trained, platform):
+    """A grown vocabulary: every existing row starts from its trained value, new rows exist."""
+    import tensorflow as tf
+
+    from core.sequences import training_windows
+    from core.warm_start import grow_weights
+    from retrieval.model import TwoTowerModel
+    from retrieval.train import window_dataset
+
+    split, model = trained
+    new_video = platform.videos.iloc[:1].assign(video_id=10**9, creator="brand new channel")
+    grown = model.features.grow(
+        videos=validate_videos(new_video),
+        interactions=split.train.assign(user_id=split.train["user_id"] + 10**6).iloc[:50],
+    )
+    assert grown.video_vocab.num_rows == model.features.video_vocab.num_rows + 1
+    fresh = TwoTowerModel(grown, model.config, np.ones(grown.video_vocab.num_rows))
+    windows = training_windows(split.train, grown, grown.config.history_length)
+    fresh.compute_loss(next(iter(window_dataset(windows, grown, 8, 0))), training=False)
+    weights, report = grow_weights(fresh.get_weights(), model.model.get_weights())
+    fresh.set_weights(weights)
+    old_table = model.model.video_tower.id_embedding.embeddings.numpy()
+    new_table = fresh.video_tower.id_embedding.embeddings.numpy()
+    np.testing.assert_array_equal(new_table[: len(old_table)], old_table)
+    assert new_table.shape[0] == len(old_table) + 1
+    assert (len(old_table), len(old_table) + 1) in report.grown.values()
+    # Every tensor that did not grow is the trained one.
+    for before, after in zip(model.model.get_weights(), fresh.get_weights(), strict=True):
+        if before.shape == after.shape:
+            np.testing.assert_array_equal(after, before)
+    assert isinstance(fresh.video_tower.id_embedding.embeddings, tf.Variable)
