@@ -189,6 +189,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_build_index(args: argparse.Namespace) -> int:
+    from core.bundle import BundleStore
+    from core.lock import JobLock
+    from pipelines.build_index import build_index_job
+
+    override = None
+    if args.config:
+        try:
+            override = json.loads(Path(args.config).read_text("utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"--config {args.config}: {error}") from error
+    with JobLock(args.artifacts):  # it writes and publishes a bundle: one job at a time
+        result = build_index_job(
+            BundleStore(args.artifacts),
+            bundle=args.bundle,
+            dataset=_load_data(args) if args.data else None,  # not kept here: the job frees it
+            config_override=override,
+            publish=not args.no_publish,
+            progress=True,
+        )
+    index = result.index
+    print(
+        f"bundle {result.bundle_id} (parent {result.parent}) at {result.bundle_dir}"
+        + ("; published" if result.published else "")
+    )
+    print(
+        f"{index['kind']} index ({index['factory']}) of {result.videos} videos "
+        f"({result.added_videos} new), operating point {index['operating_point']}"
+    )
+    verification = index["verification"]
+    print(
+        f"recall@{verification['k']} vs exact: {index['tuning']['at_k']:.4f} on "
+        f"{index['tuning']['queries']} tuning queries, {verification['at_k']:.4f} on "
+        f"{verification['queries']} held-out {index['query_source']} (target "
+        f"{index['target_recall']}); single query p50 {index['latency_ms']['p50']:.3f} ms, "
+        f"p99 {index['latency_ms']['p99']:.3f} ms"
+    )
+    print("seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -266,6 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     bundles_cli.add_parser(commands)
+
+    build_index = commands.add_parser(
+        "build-index",
+        help="embed the catalogue, build and verify the Faiss index into a new bundle",
+    )
+    build_index.add_argument("--artifacts", default="artifacts", help="bundle store root")
+    build_index.add_argument(
+        "--bundle", help="source bundle id or directory (default: the serving one, CURRENT)"
+    )
+    build_index.add_argument(
+        "--data",
+        help="data set whose catalogue (new uploads included) is indexed and whose users' recent "
+        "histories tune the index; any format `vidrec train --data` reads",
+    )
+    build_index.add_argument("--encoding", help="text encoding of the data files")
+    build_index.add_argument("--drop-duplicates", action="store_true", help="as for `vidrec train`")
+    build_index.add_argument("--column-map", nargs="*", metavar="SOURCE=TARGET")
+    build_index.add_argument(
+        "--config", help="JSON file whose index section overrides the bundle's config.json"
+    )
+    build_index.add_argument("--no-publish", action="store_true", help="do not move CURRENT")
+    build_index.set_defaults(handler=cmd_build_index)
 
     demo = commands.add_parser("demo", help="generate, train, evaluate, recommend")
     demo.add_argument("--workdir", default="artifacts/demo")

@@ -1,4 +1,4 @@
-"""The training job: data -> leave-one-out split -> features -> retrieval -> ranker -> bundle.
+"""The training job: leave-one-out split -> features -> retrieval -> ranker -> index -> bundle.
 
 The model is trained on the split's training events and stopped early on its validation
 events, so `pipelines.evaluate` can score it on the held-out test events of the same data;
@@ -19,7 +19,8 @@ from core.config import VidrecConfig
 from core.features import FeatureSpace, engagement_labels
 from core.schema import Dataset
 from core.splits import leave_one_out
-from pipelines import artifacts
+from core.vocab import FIRST_ID_ROW
+from pipelines import artifacts, build_index
 from pipelines.distribute import barrier, describe_task, is_chief, make_strategy
 from pipelines.ranking_data import case_lists, training_lists
 from ranking.train import train_ranker
@@ -98,7 +99,7 @@ def train_job(
 
     started = time.perf_counter()
     encoders = retrieval.encoders()
-    catalogue = encoders.catalogue_embeddings()
+    catalogue = encoders.catalogue_embeddings(progress=progress)
     lists = training_lists(
         split.train, train_engagement, features, encoders, catalogue, config.ranking
     )
@@ -126,11 +127,22 @@ def train_job(
         barrier(strategy)
         return TrainResult("", None, validation, seconds)
 
+    # Every published bundle is servable: build the index before anything is staged, so a build
+    # that misses the recall target fails the job and leaves no bundle behind.
+    started = time.perf_counter()
+    index = build_index.build_and_verify(
+        catalogue[FIRST_ID_ROW:],
+        features.video_vocab.ids,
+        config.index,
+        build_index.validation_queries(encoders, catalogue, split.validation, config.index),
+    )
+    seconds["build_index"] = time.perf_counter() - started
     started = time.perf_counter()
     with store.stage(parent=store.current_id()) as staged:
         artifacts.write_config(staged.path, config)
-        artifacts.write_retrieval(staged.path, retrieval, progress=progress)
+        artifacts.write_retrieval(staged.path, retrieval, progress=progress, catalogue=catalogue)
         artifacts.write_ranking(staged.path, ranker)
+        build_index.write_index(staged.path, index)
         bundle_dir = staged.commit(
             data=data_record(dataset, SPLIT_LEAVE_ONE_OUT),
             embedding_dim=config.retrieval.embedding_dim,
@@ -138,8 +150,9 @@ def train_job(
                 "videos": features.video_vocab.num_ids,
                 "users": features.user_vocab.num_ids,
                 "training_events": len(split.train),
+                "indexed_videos": index.index.count,
             },
-            metrics={"validation": validation, "seconds": seconds},
+            metrics={"validation": validation, "seconds": seconds, "index": index.summary},
         )
         bundle_id = staged.bundle_id
     seconds["write_bundle"] = time.perf_counter() - started
