@@ -9,7 +9,7 @@ watched videos removed, for the ranker to reorder. Both stages meet only here, a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,6 +80,21 @@ def top_candidates(
     return top + FIRST_ID_ROW, np.take_along_axis(top_scores, order, axis=1), scores
 
 
+Retriever = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""``(queries [n, d], k, excluded rows [n, L]) -> (rows [n, k], scores [n, k])``; rows of
+unfilled slots are 0."""
+
+
+def exact_retriever(catalogue: np.ndarray) -> Retriever:
+    """Exact inner-product search over ``catalogue`` (embeddings by row)."""
+
+    def retrieve(queries: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, ...]:
+        rows, scores, _ = top_candidates(queries, catalogue, k, excluded)
+        return rows, scores
+
+    return retrieve
+
+
 def training_lists(
     interactions: pd.DataFrame,
     engagement: np.ndarray,
@@ -87,6 +102,7 @@ def training_lists(
     encoders: RetrievalEncoders,
     catalogue: np.ndarray,
     config: RankingConfig,
+    retrieve: Retriever | None = None,
 ) -> CandidateLists:
     """One list per training event: the watched video, retrieval's hard negatives, randoms.
 
@@ -97,11 +113,14 @@ def training_lists(
         encoders: Trained retrieval towers.
         catalogue: ``[num_rows, d]`` retrieval embeddings by row.
         config: List sizes, sampling and the example budget.
+        retrieve: Where hard negatives come from: the serving index (what the ranker will see)
+            or, by default, exact search over ``catalogue``.
 
     Returns:
         Lists with the watched video in column 0.
     """
     rng = np.random.default_rng(config.seed)
+    retrieve = retrieve or exact_retriever(catalogue)
     examples = next_watch_examples(
         interactions, features.config.history_length, max_examples=config.max_examples
     )
@@ -126,18 +145,16 @@ def training_lists(
         stop = min(start + QUERY_BATCH, n)
         targets = target_rows[start:stop, None]
         if config.hard_negatives:
-            pool, _, _ = top_candidates(
-                queries[start:stop], catalogue, config.candidates, history_rows[start:stop]
-            )
+            pool, _ = retrieve(queries[start:stop], config.candidates, history_rows[start:stop])
             keys = rng.random(pool.shape)
-            keys[pool == targets] = np.inf
+            keys[(pool == targets) | (pool < FIRST_ID_ROW)] = np.inf
             pick = np.argpartition(keys, config.hard_negatives - 1, axis=1)
             candidates[start:stop, 1 : 1 + config.hard_negatives] = np.take_along_axis(
                 pool, pick[:, : config.hard_negatives], axis=1
             )
         negatives = candidates[start:stop, 1:]
         watched = (negatives[:, :, None] == history_rows[start:stop, None, :]).any(axis=2)
-        valid[start:stop, 1:] = (negatives != targets) & ~watched
+        valid[start:stop, 1:] = (negatives >= FIRST_ID_ROW) & (negatives != targets) & ~watched
     retrieval = np.einsum("nd,nkd->nk", queries, catalogue[candidates]).astype(np.float32)
     # The ranker reads the most recent `config.history_length` of the retrieval history.
     recent = slice(-config.history_length, None)

@@ -1,8 +1,11 @@
-"""The training job: leave-one-out split -> features -> retrieval -> ranker -> index -> bundle.
+"""Training: features -> retrieval -> index -> ranker on the index's own candidates -> bundle.
 
-The model is trained on the split's training events and stopped early on its validation
-events, so `pipelines.evaluate` can score it on the held-out test events of the same data;
-the manifest records which data and split that was, and evaluation refuses any other.
+`train_stages` is the training both jobs share; `write_bundle` stages, writes and commits a
+bundle from its result. `train_job` (``vidrec train``) runs them on a leave-one-out split: the
+model trains on the split's training events and stops early on its validation events, so
+`pipelines.evaluate` can score it on the held-out test events of the same data; the manifest
+records which data and split that was, and evaluation refuses any other. The nightly retrain
+(`pipelines.retrain`) runs them on a time cut with warm-started weights.
 """
 
 from __future__ import annotations
@@ -10,26 +13,66 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from core.bundle import BundleStore, data_fingerprint
 from core.config import VidrecConfig
 from core.features import FeatureSpace, engagement_labels
 from core.schema import Dataset
-from core.splits import leave_one_out
+from core.splits import EvalCases, leave_one_out
 from core.vocab import FIRST_ID_ROW
+from index import VideoIndex
 from pipelines import artifacts, build_index
-from pipelines.distribute import barrier, describe_task, is_chief, make_strategy
-from pipelines.ranking_data import case_lists, training_lists
-from ranking.train import train_ranker
-from retrieval.train import train_retrieval
+from pipelines.distribute import (
+    barrier,
+    chief_consensus,
+    describe_task,
+    is_chief,
+    make_strategy,
+)
+from pipelines.ranking_data import Retriever, case_lists, training_lists
+from pipelines.serving_state import build_serving_state
+from pipelines.weights import save_weights
+from ranking.train import TrainedRanker, train_ranker
+from retrieval.encoders import RetrievalEncoders
+from retrieval.train import TrainedRetrieval, train_retrieval
 
 logger = logging.getLogger(__name__)
 
 SPLIT_LEAVE_ONE_OUT = "leave_one_out"
 MAX_RANKER_VALIDATION_CASES = 2_000
+
+
+@dataclasses.dataclass
+class TrainedStages:
+    """Both trained models and the index, ready to be written into a bundle.
+
+    Attributes:
+        features: The feature space both models read.
+        retrieval: Trained two-tower model.
+        ranker: Trained ranker.
+        encoders: The retrieval towers as fixed-signature functions.
+        catalogue: ``[num_rows, d] float32`` video embeddings by row.
+        index: The tuned and verified index.
+        validation: Validation metrics of the kept epochs (``retrieval/...``, ``ranking/...``).
+        seconds: Wall time by stage.
+        training_events: Events the models trained on.
+    """
+
+    features: FeatureSpace
+    retrieval: TrainedRetrieval
+    ranker: TrainedRanker
+    encoders: RetrievalEncoders
+    catalogue: np.ndarray
+    index: build_index.IndexBuild
+    validation: dict[str, float]
+    seconds: dict[str, float]
+    training_events: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +102,162 @@ def data_record(dataset: Dataset, split: str) -> dict[str, object]:
     }
 
 
+def index_retriever(index: VideoIndex, features: FeatureSpace) -> Retriever:
+    """Candidates from the serving index: the hard negatives the ranker will meet online."""
+    vocab = features.video_vocab
+
+    def retrieve(
+        queries: np.ndarray, k: int, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        exclude = [vocab.id_of(rows[rows >= FIRST_ID_ROW]) for rows in excluded]
+        scores, ids = index.search(queries, k, exclude=exclude)
+        rows = np.where(ids >= 0, vocab.lookup(ids), 0)
+        return rows, scores
+
+    return retrieve
+
+
+def train_stages(
+    train: pd.DataFrame,
+    validation: EvalCases,
+    features: FeatureSpace,
+    videos: pd.DataFrame,
+    config: VidrecConfig,
+    initial_weights: dict[str, list[np.ndarray]] | None = None,
+    progress: bool = False,
+) -> TrainedStages:
+    """Trains retrieval, builds the index, then trains the ranker on the index's candidates.
+
+    Args:
+        train: Validated training interactions.
+        validation: Cases for early stopping (and for tuning the index on real queries).
+        features: Feature space covering the catalogue and the training users.
+        videos: The catalogue (for engagement labels: durations).
+        config: Full configuration.
+        initial_weights: ``{"retrieval": [...], "ranking": [...]}`` to warm start from.
+        progress: Show progress bars.
+
+    Raises:
+        IndexBuildError: The index cannot reach its recall target.
+    """
+    initial_weights = initial_weights or {}
+    seconds: dict[str, float] = {}
+    strategy = make_strategy()
+    consensus = chief_consensus(strategy)
+    started = time.perf_counter()
+    retrieval = train_retrieval(
+        train,
+        features,
+        config.retrieval,
+        validation=validation,
+        strategy=strategy,
+        initial_weights=initial_weights.get("retrieval"),
+        consensus=consensus,
+    )
+    seconds["train_retrieval"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    encoders = retrieval.encoders()
+    catalogue = encoders.catalogue_embeddings(progress=progress)
+    index = build_index.build_and_verify(
+        catalogue[FIRST_ID_ROW:],
+        features.video_vocab.ids,
+        config.index,
+        build_index.validation_queries(encoders, catalogue, validation, config.index),
+    )
+    seconds["build_index"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    lists = training_lists(
+        train,
+        engagement_labels(train, videos),
+        features,
+        encoders,
+        catalogue,
+        config.ranking,
+        retrieve=index_retriever(index.index, features),
+    )
+    sample = np.random.default_rng(config.ranking.seed).permutation(len(validation))
+    validation_lists, _ = case_lists(
+        validation.subset(np.sort(sample[:MAX_RANKER_VALIDATION_CASES])),
+        features,
+        encoders,
+        catalogue,
+        config.ranking.candidates,
+        config.ranking.history_length,
+    )
+    seconds["ranker_lists"] = time.perf_counter() - started
+    started = time.perf_counter()
+    ranker = train_ranker(
+        lists,
+        features,
+        catalogue,
+        config.ranking,
+        validation_lists,
+        strategy=strategy,
+        initial_weights=initial_weights.get("ranking"),
+        consensus=consensus,
+    )
+    seconds["train_ranker"] = time.perf_counter() - started
+    scores = {f"retrieval/{k}": v for k, v in retrieval.history.best.validation.items()}
+    scores.update({f"ranking/{k}": v for k, v in ranker.history.best.validation.items()})
+    return TrainedStages(
+        features, retrieval, ranker, encoders, catalogue, index, scores, seconds, len(train)
+    )
+
+
+def write_bundle(
+    store: BundleStore,
+    stages: TrainedStages,
+    dataset: Dataset,
+    config: VidrecConfig,
+    data: dict[str, Any],
+    metrics: dict[str, Any],
+    events_until_id: int = 0,
+    extra_reports: Callable[[Path], None] | None = None,
+) -> tuple[str, Path]:
+    """Stages, writes and commits a bundle (not published).
+
+    Args:
+        store: Bundle store (the serving bundle becomes the parent).
+        stages: Trained models and index.
+        dataset: Everything known at build time, for the serving state (histories, popularity).
+        config: Configuration written as ``config.json``.
+        data: The manifest's data record.
+        metrics: The manifest's metrics (the index summary is added).
+        events_until_id: Largest event-store id included in ``dataset``.
+        extra_reports: Writes more reports into the staged ``reports/`` directory.
+
+    Returns:
+        ``(bundle id, bundle directory)``.
+    """
+    with store.stage(parent=store.current_id()) as staged:
+        path = staged.path
+        artifacts.write_config(path, config)
+        artifacts.write_retrieval(path, stages.retrieval, catalogue=stages.catalogue)
+        save_weights(path / "retrieval", stages.retrieval.model.get_weights())
+        artifacts.write_ranking(path, stages.ranker)
+        save_weights(path / "ranking", stages.ranker.model.get_weights())
+        build_index.write_index(path, stages.index)
+        build_serving_state(
+            dataset, stages.features, config.serving.popularity_days, events_until_id
+        ).save(path / "serving")
+        if extra_reports is not None:
+            extra_reports(path / "reports")
+        bundle_dir = staged.commit(
+            data=data,
+            embedding_dim=config.retrieval.embedding_dim,
+            counts={
+                "videos": stages.features.video_vocab.num_ids,
+                "users": stages.features.user_vocab.num_ids,
+                "training_events": stages.training_events,
+                "indexed_videos": stages.index.index.count,
+            },
+            metrics={**metrics, "index": stages.index.summary},
+        )
+        return staged.bundle_id, bundle_dir
+
+
 def train_job(
     dataset: Dataset,
     config: VidrecConfig,
@@ -66,7 +265,7 @@ def train_job(
     publish: bool = True,
     progress: bool = False,
 ) -> TrainResult:
-    """Trains retrieval then the ranker on a leave-one-out split; writes (and publishes) a bundle.
+    """Trains both stages on a leave-one-out split; writes (and publishes) a bundle.
 
     Args:
         dataset: Validated data.
@@ -78,85 +277,38 @@ def train_job(
     Returns:
         The new bundle and its validation metrics.
     """
-    seconds: dict[str, float] = {}
     started = time.perf_counter()
     split = leave_one_out(dataset.interactions)
     features = FeatureSpace.fit(config.features, dataset.videos, split.train, dataset.users)
-    train_engagement = engagement_labels(split.train, dataset.videos)
-    seconds["prepare"] = time.perf_counter() - started
+    prepare = time.perf_counter() - started
     logger.info(
         "training on %s: %d training events, %d validation users",
         dataset.name,
         len(split.train),
         len(split.validation),
     )
+    stages = train_stages(
+        split.train, split.validation, features, dataset.videos, config, progress=progress
+    )
+    seconds = {"prepare": prepare, **stages.seconds}
     strategy = make_strategy()
-    started = time.perf_counter()
-    retrieval = train_retrieval(
-        split.train, features, config.retrieval, validation=split.validation, strategy=strategy
-    )
-    seconds["train_retrieval"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    encoders = retrieval.encoders()
-    catalogue = encoders.catalogue_embeddings(progress=progress)
-    lists = training_lists(
-        split.train, train_engagement, features, encoders, catalogue, config.ranking
-    )
-    sample = np.random.default_rng(config.ranking.seed).permutation(len(split.validation))
-    validation_lists, _ = case_lists(
-        split.validation.subset(np.sort(sample[:MAX_RANKER_VALIDATION_CASES])),
-        features,
-        encoders,
-        catalogue,
-        config.ranking.candidates,
-        config.ranking.history_length,
-    )
-    seconds["ranker_lists"] = time.perf_counter() - started
-    started = time.perf_counter()
-    ranker = train_ranker(
-        lists, features, catalogue, config.ranking, validation_lists, strategy=strategy
-    )
-    seconds["train_ranker"] = time.perf_counter() - started
-    validation = {f"retrieval/{k}": v for k, v in retrieval.history.best.validation.items()}
-    validation.update({f"ranking/{k}": v for k, v in ranker.history.best.validation.items()})
     if not is_chief():
         # Under several workers every worker trains, only the chief writes artifacts (two
         # writers would race on the bundle store); the others wait here until it has.
         logger.info("%s: training done; the chief writes the bundle", describe_task())
         barrier(strategy)
-        return TrainResult("", None, validation, seconds)
-
-    # Every published bundle is servable: build the index before anything is staged, so a build
-    # that misses the recall target fails the job and leaves no bundle behind.
+        return TrainResult("", None, stages.validation, seconds)
     started = time.perf_counter()
-    index = build_index.build_and_verify(
-        catalogue[FIRST_ID_ROW:],
-        features.video_vocab.ids,
-        config.index,
-        build_index.validation_queries(encoders, catalogue, split.validation, config.index),
+    bundle_id, bundle_dir = write_bundle(
+        store,
+        stages,
+        dataset,
+        config,
+        data=data_record(dataset, SPLIT_LEAVE_ONE_OUT),
+        metrics={"validation": stages.validation, "seconds": seconds},
     )
-    seconds["build_index"] = time.perf_counter() - started
-    started = time.perf_counter()
-    with store.stage(parent=store.current_id()) as staged:
-        artifacts.write_config(staged.path, config)
-        artifacts.write_retrieval(staged.path, retrieval, progress=progress, catalogue=catalogue)
-        artifacts.write_ranking(staged.path, ranker)
-        build_index.write_index(staged.path, index)
-        bundle_dir = staged.commit(
-            data=data_record(dataset, SPLIT_LEAVE_ONE_OUT),
-            embedding_dim=config.retrieval.embedding_dim,
-            counts={
-                "videos": features.video_vocab.num_ids,
-                "users": features.user_vocab.num_ids,
-                "training_events": len(split.train),
-                "indexed_videos": index.index.count,
-            },
-            metrics={"validation": validation, "seconds": seconds, "index": index.summary},
-        )
-        bundle_id = staged.bundle_id
     seconds["write_bundle"] = time.perf_counter() - started
     if publish:
         store.publish(bundle_id)
     barrier(strategy)  # the other workers exit once the chief has written
-    return TrainResult(bundle_id, bundle_dir, validation, seconds)
+    return TrainResult(bundle_id, bundle_dir, stages.validation, seconds)
