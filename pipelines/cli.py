@@ -25,7 +25,7 @@ from core.config import (
 )
 from core.errors import (
     EXIT_FAILED,
-    EXIT_GATED_OUT,  # noqa: F401  (re-exported: `vidrec retrain` returns it)
+    EXIT_GATED_OUT,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,  # noqa: F401  (re-exported)
     EXIT_OK,
@@ -153,6 +153,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_cutoff(text: str) -> int:
+    """Seconds since the epoch from an integer or an ISO 8601 date or time (UTC if naive).
+
+    Raises:
+        ConfigError: Neither.
+    """
+    import datetime as dt
+
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as error:
+        raise ConfigError(
+            f"--cutoff {text!r}: expected seconds since the epoch or an ISO date such as "
+            "2026-11-23 or 2026-11-23T00:00:00Z"
+        ) from error
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp())
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from core.bundle import BundleStore
+    from pipelines.events import EventStore
+    from pipelines.retrain import PUBLISHED, retrain_job
+
+    config = load_config(args.config, _training_overrides(args))
+    cutoff = parse_cutoff(args.cutoff)
+    dataset = _load_data(args)
+    events = EventStore(Path(args.events or Path(args.artifacts) / "events.db"))
+    result = retrain_job(
+        dataset, events, BundleStore(args.artifacts), config, cutoff, progress=True
+    )
+    verb = "found (same cutoff and data)" if result.reused else "wrote"
+    print(f"{verb} bundle {result.bundle_id}: {result.status} - {result.reason}")
+    print(f"serving: {result.serving_id}; report: {result.report}")
+    return EXIT_OK if result.status == PUBLISHED else EXIT_GATED_OUT
+
+
 def _bundle_dir(args: argparse.Namespace) -> Path | None:
     from core.bundle import BundleStore
 
@@ -227,6 +267,54 @@ def cmd_build_index(args: argparse.Namespace) -> int:
         f"p99 {index['latency_ms']['p99']:.3f} ms"
     )
     print("seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import tensorflow as tf
+    import uvicorn
+
+    from core.config import ServingConfig
+    from pipelines.app import create_app, start_polling
+    from pipelines.events import EventStore
+    from pipelines.serve import RecommenderService
+
+    config = load_config(args.config, {})
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    serving = ServingConfig(**{**dataclasses.asdict(config.serving), **overrides})
+    tf.config.threading.set_intra_op_parallelism_threads(serving.tf_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(serving.tf_threads)
+    events_path = Path(args.events or Path(args.artifacts) / "events.db")
+    events = EventStore(events_path, synchronous=serving.events_synchronous)
+    service = RecommenderService(args.artifacts, events, serving)
+    service.reload()
+    stop = None
+    if serving.reload_poll_seconds:
+        stop = start_polling(service, serving.reload_poll_seconds)
+    api_key = os.environ.get(serving.api_key_env) or None
+    if api_key is None and serving.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "write endpoints are open on %s: set %s to require an API key",
+            serving.host,
+            serving.api_key_env,
+        )
+    app = create_app(service, serving, api_key)
+    print(f"serving bundle {service.current.bundle_id} on http://{serving.host}:{serving.port}")
+    try:
+        uvicorn.run(
+            app,
+            host=serving.host,
+            port=serving.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+        )
+    finally:
+        if stop is not None:
+            stop.set()
     return EXIT_OK
 
 
@@ -306,8 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="JSON report path (default <artifacts>/reports/)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    bundles_cli.add_parser(commands)
-
     build_index = commands.add_parser(
         "build-index",
         help="embed the catalogue, build and verify the Faiss index into a new bundle",
@@ -329,6 +415,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build_index.add_argument("--no-publish", action="store_true", help="do not move CURRENT")
     build_index.set_defaults(handler=cmd_build_index)
+
+    bundles_cli.add_parser(commands)
+
+    retrain = commands.add_parser(
+        "retrain", help="nightly job: warm-start, gate against serving, publish if not worse"
+    )
+    _add_data_arguments(retrain)
+    retrain.add_argument(
+        "--cutoff", required=True, help="train on events before this time (epoch s or ISO date)"
+    )
+    retrain.add_argument("--artifacts", default="artifacts", help="bundle store root")
+    retrain.add_argument("--events", help="event store path (default <artifacts>/events.db)")
+    retrain.add_argument("--config", help="JSON file with config sections")
+    retrain.add_argument("--max-epochs", type=int, help="retrieval.max_epochs")
+    retrain.add_argument("--max-train-seconds", type=float, help="retrieval.max_train_seconds")
+    retrain.add_argument("--seed", type=int, help="retrieval.seed")
+    retrain.set_defaults(handler=cmd_retrain)
+
+    serve = commands.add_parser("serve", help="HTTP API over the published bundle")
+    serve.add_argument("--artifacts", default="artifacts", help="bundle store root")
+    serve.add_argument("--config", help="JSON file with config sections (serving: ...)")
+    serve.add_argument("--host", help="serving.host (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="serving.port (default 8000)")
+    serve.add_argument("--events", help="event store path (default <artifacts>/events.db)")
+    serve.set_defaults(handler=cmd_serve)
 
     demo = commands.add_parser("demo", help="generate, train, evaluate, recommend")
     demo.add_argument("--workdir", default="artifacts/demo")

@@ -1,7 +1,9 @@
 """``vidrec demo``: the whole life of a model on the synthetic platform, in a few minutes.
 
-Generate the platform -> train retrieval (leave-one-out, early stopping) -> write and publish a
-bundle -> evaluate next to the baselines -> show one user's history and recommendations.
+Generate the platform -> train retrieval, then the ranker on retrieval's candidates (leave-one-out,
+early stopping) -> build the index -> publish the bundle -> evaluate both stages next to the
+baselines -> serve one user through the full request path, with the watches each result comes
+from.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 from core.bundle import BundleStore
 from core.config import SyntheticConfig, VidrecConfig
 from core.schema import Dataset
-from pipelines.artifacts import RetrievalBundle, load_retrieval
 from pipelines.evaluate import evaluate_dataset, format_table, write_result
+from pipelines.events import EventStore
+from pipelines.serve import Recommender, RecommenderService
 from pipelines.synthetic import generate_platform, write_dataset
 from pipelines.train import train_job
 
@@ -34,33 +37,28 @@ def demo_config(budget_seconds: float, seed: int) -> VidrecConfig:
     return dataclasses.replace(config, retrieval=retrieval, ranking=ranking)
 
 
-def recommend_for_user(
-    bundle: RetrievalBundle, history: np.ndarray, user_id: int, k: int = 10
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` unseen videos for a history by exact search; ``(ids [k] int64, scores [k])``."""
-    catalogue = bundle.catalogue_rows()
-    query = bundle.encoders.query_embeddings(catalogue, [history], np.array([user_id]))[0]
-    scores = bundle.video_embeddings @ query
-    scores[np.isin(bundle.video_ids, history)] = -np.inf
-    top = np.argsort(-scores)[:k]
-    return bundle.video_ids[top], scores[top]
-
-
-def describe_user(dataset: Dataset, bundle: RetrievalBundle, user_id: int) -> str:
-    """A user's recent history and recommendations, with titles and categories."""
+def describe_user(dataset: Dataset, recommender: Recommender, user_id: int) -> str:
+    """A user's recent history and served recommendations, with titles and the "because"."""
     videos = dataset.videos.set_index("video_id")
     watched = dataset.interactions.loc[dataset.interactions["user_id"] == user_id, "video_id"]
     history = watched.to_numpy(np.int64)
-    ids, scores = recommend_for_user(bundle, history, user_id)
+    result = recommender.recommend(user_id=user_id, now=recommender.state.data_until)
 
-    def line(video_id: int, prefix: str) -> str:
+    def title(video_id: int) -> str:
         row = videos.loc[video_id]
-        return f"  {prefix} {row['title'][:60]:<60} [{', '.join(row['categories'])}]"
+        return f"{row['title'][:48]:<48} [{', '.join(row['categories'])}]"
 
-    lines = [f"user {user_id}: {len(history)} watches, the 8 most recent:"]
-    lines += [line(int(v), "·") for v in history[-8:]]
-    lines.append("recommended next:")
-    lines += [line(int(v), f"{s:+.3f}") for v, s in zip(ids, scores, strict=True)]
+    lines = [f"user {user_id}: {len(history)} watches, the 6 most recent:"]
+    lines += [f"  · {title(int(v))}" for v in history[-6:]]
+    lines.append(
+        f"recommended next ({result.source}, bundle {result.bundle_id}, "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in result.timings_ms.items())
+        + "):"
+    )
+    for item in result.items:
+        lines.append(f"  {item['score']:+7.3f} {title(item['video_id'])}")
+        if item["because"]:
+            lines.append(f"           because you watched: {title(item['because'][0]).strip()}")
     return "\n".join(lines)
 
 
@@ -93,9 +91,11 @@ def run_demo(workdir: Path, seed: int = 0, budget_seconds: float = 240.0) -> Non
     write_result(evaluation, report)
     print(f"      report: {report}; training curve: {result.bundle_dir}/reports/")
 
-    print("[4/4] recommendations")
-    bundle = load_retrieval(result.bundle_dir)
+    print("[4/4] serving: the published bundle answers through the full request path")
+    config = VidrecConfig().serving
+    service = RecommenderService(store.root, EventStore(workdir / "events.db"), config)
+    service.reload()
     counts = dataset.interactions["user_id"].value_counts()
     user_id = int(counts.index[len(counts) // 3])
-    print(describe_user(dataset, bundle, user_id))
+    print(describe_user(dataset, service.current, user_id))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")

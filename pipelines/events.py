@@ -170,8 +170,10 @@ class EventStore:
         row = self._connection().execute("SELECT MAX(id) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def interactions(self, since: int | None = None, until: int | None = None) -> pd.DataFrame:
-        """Events in ``[since, until)`` as an interactions table (for retraining).
+    def interactions(
+        self, since: int | None = None, until: int | None = None, until_id: int | None = None
+    ) -> pd.DataFrame:
+        """Events in ``[since, until)`` (and stored with id <= ``until_id``) as a table.
 
         Returns:
             Columns ``user_id, video_id, timestamp, event, watch_seconds, rating`` (not yet
@@ -185,6 +187,9 @@ class EventStore:
         if until is not None:
             clauses.append("timestamp < ?")
             params.append(int(until))
+        if until_id is not None:
+            clauses.append("id <= ?")
+            params.append(int(until_id))
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY id"

@@ -1,0 +1,524 @@
+"""The online recommender: user tower -> Faiss -> ranker -> blend -> diversity (DESIGN.md §1).
+
+`Recommender` answers one request in-process in a few milliseconds: it reads the user's recent
+watches (the bundle's history plus live events from the event store), embeds them with the user
+tower's fixed-signature `tf.function`, fetches N candidates from the index with watched, taken
+down and excluded videos removed, scores them with the ranker (one call for all N), blends the
+watch and engagement heads, re-ranks for diversity and names the watched videos each result
+comes from (the ranker's attention). `RecommenderService` owns the serving `Recommender` and
+swaps in a newly published bundle without dropping a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from core.bundle import BundleStore
+from core.config import ServingConfig
+from core.errors import BundleError, DataError
+from core.schema import validate_videos
+from core.vocab import FIRST_ID_ROW, OOV_ROW
+from pipelines.artifacts import LoadedBundle, load_bundle
+from pipelines.catalogue import LiveCatalogue
+from pipelines.events import EventStore, FeedbackEvent
+from pipelines.ranking_data import UNKNOWN_ENGAGEMENT
+from pipelines.serving_state import ServingState
+from ranking.blend import blend_scores
+
+logger = logging.getLogger(__name__)
+
+SERVING_DIR = "serving"
+WARMUP_CALLS = 5
+LIVE_EVENTS_LIMIT = 10_000
+
+
+@dataclasses.dataclass
+class Recommendation:
+    """The answer to one request.
+
+    Attributes:
+        items: ``{"video_id", "score", "because"}`` per recommended video, best first.
+        bundle_id: Bundle that produced it.
+        source: ``"personalized"`` or ``"popular"`` (cold start).
+        ignored_history: Ids in a request's history that the catalogue does not know.
+        timings_ms: Milliseconds per stage.
+    """
+
+    items: list[dict[str, Any]]
+    bundle_id: str
+    source: str
+    ignored_history: list[int]
+    timings_ms: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.marks[stage] = round((now - self._last) * 1e3, 3)
+        self._last = now
+
+
+class Recommender:
+    """One loaded bundle answering requests; thread-safe.
+
+    Args:
+        bundle: A verified, loaded bundle (with its ranker).
+        state: The bundle's serving state.
+        events: The live event store.
+        config: Serving configuration.
+    """
+
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        state: ServingState,
+        events: EventStore,
+        config: ServingConfig,
+    ) -> None:
+        if bundle.ranker is None:
+            raise BundleError(f"bundle {bundle.bundle_id} was loaded without its ranker")
+        self.bundle = bundle
+        self.bundle_id = bundle.bundle_id
+        self.state = state
+        self.events = events
+        self.config = config
+        retrieval = bundle.retrieval
+        self.features = retrieval.features
+        self.catalogue = LiveCatalogue(
+            retrieval.features, retrieval.catalogue_rows(), state.durations
+        )
+        self.index = bundle.index
+        self.ranker = bundle.ranker
+        self.engagement_weight = bundle.config.ranking.engagement_weight
+        self.history_length = self.features.config.history_length
+        self.ranker_history = bundle.config.ranking.history_length
+        query, score = retrieval.encoders.query_fn, self.ranker.score_fn
+        if config.compile_xla:
+            # Fixed shapes (one user, `candidates` slots) mean each compiles once.
+            query = tf.function(query, jit_compile=True)
+            score = tf.function(score, jit_compile=True)
+        self._query = query
+        self._score = score
+        self._embed = retrieval.encoders.embed_features
+        self._taken_down: set[int] = set()
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(
+        cls, bundle_dir: str | Path, events: EventStore, config: ServingConfig
+    ) -> Recommender:
+        """Loads and verifies a bundle, replays live catalogue changes and warms it up.
+
+        Raises:
+            BundleError: The bundle does not verify or cannot serve.
+        """
+        bundle = load_bundle(bundle_dir)
+        serving_dir = Path(bundle_dir) / SERVING_DIR
+        if not serving_dir.is_dir():
+            raise BundleError(
+                f"bundle {bundle.bundle_id} has no {SERVING_DIR}/ state; train it with a "
+                "current `vidrec train`"
+            )
+        recommender = cls(bundle, ServingState.load(serving_dir), events, config)
+        recommender.replay_catalogue_changes()
+        recommender.warm_up()
+        return recommender
+
+    # -- live catalogue -------------------------------------------------------------------
+
+    def replay_catalogue_changes(self) -> None:
+        """Applies uploads and takedowns recorded in the event store to this bundle."""
+        uploads = self.events.uploaded_videos()
+        if uploads:
+            self.upsert_videos(pd.DataFrame(uploads), record=False)
+        taken_down = self.events.taken_down()
+        if taken_down:
+            self.take_down(sorted(taken_down), record=False)
+        logger.info(
+            "bundle %s: replayed %d upload(s) and %d takedown(s)",
+            self.bundle_id,
+            len(uploads),
+            len(taken_down),
+        )
+
+    def upsert_videos(self, videos: pd.DataFrame, record: bool = True) -> list[int]:
+        """Adds or updates videos from their metadata; searchable when this returns.
+
+        Args:
+            videos: Rows in the videos schema (validated here).
+            record: Store them in the event store (False when replaying).
+
+        Returns:
+            The ids added or updated.
+        """
+        table = validate_videos(videos, "uploaded videos")
+        with self._write_lock:
+            if record:
+                for row in table.to_dict("records"):
+                    self.events.upsert_video(int(row["video_id"]), _jsonable(row))
+            _, embeddings = self.catalogue.upsert(table, self._embed)
+            ids = table["video_id"].to_numpy(np.int64)
+            self.index.add(embeddings, ids)
+            self._taken_down.difference_update(ids.tolist())
+        return ids.tolist()
+
+    def take_down(self, video_ids: Sequence[int], record: bool = True) -> int:
+        """Removes videos from every future answer; returns how many the index held."""
+        ids = np.asarray(video_ids, dtype=np.int64)
+        with self._write_lock:
+            if record:
+                for video_id in ids:
+                    self.events.take_down(int(video_id))
+            self._taken_down.update(ids.tolist())
+            return self.index.remove(ids)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def record_feedback(self, events: Sequence[FeedbackEvent]) -> int:
+        """Stores feedback durably; the user's next request reads it."""
+        return self.events.append(events)
+
+    def _history(
+        self, user_id: int | None, history: Sequence[int] | None, now: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """Watches, oldest first: ``(recent rows, age_hours, engagement, every watched id,
+        ignored ids)``; the recent rows are the last ``history_length`` known videos."""
+        if history is not None:
+            ids = np.asarray(history, dtype=np.int64)
+            stamps = np.full(len(ids), now, dtype=np.float64)
+            engagement = np.full(len(ids), np.nan, dtype=np.float32)
+        else:
+            ids, stamps, engagement = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.float32)
+            if user_id is not None:
+                base_ids, base_stamps, base_engagement = self.state.history(user_id)
+                live = self.events.user_events(
+                    user_id, self.state.events_until_id, LIVE_EVENTS_LIMIT
+                )
+                ids = np.concatenate([base_ids, [e[0] for e in live]]).astype(np.int64)
+                stamps = np.concatenate([base_stamps, [e[1] for e in live]]).astype(np.float64)
+                live_rows = self.catalogue.rows(np.asarray([e[0] for e in live], np.int64))
+                watched = np.asarray([e[2] for e in live], np.float64)
+                ratings = np.asarray([e[3] for e in live], np.float64)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    fraction = np.clip(watched / self.catalogue.durations(live_rows), 0, 1)
+                live_engagement = np.where(np.isfinite(fraction), fraction, ratings / 5.0)
+                engagement = np.concatenate([base_engagement, live_engagement]).astype(np.float32)
+        rows = self.catalogue.rows(ids)
+        known = rows >= FIRST_ID_ROW
+        ignored = ids[~known].tolist() if history is not None else []
+        keep = np.flatnonzero(known)[-self.history_length :]
+        ages = np.maximum(now - stamps[keep], 0.0) / 3600.0
+        return rows[keep], ages.astype(np.float32), engagement[keep], ids, ignored
+
+    def recommend(
+        self,
+        user_id: int | None = None,
+        history: Sequence[int] | None = None,
+        k: int | None = None,
+        exclude: Sequence[int] = (),
+        category: str | None = None,
+        now: float | None = None,
+    ) -> Recommendation:
+        """Recommendations for a user, an anonymous history, or nobody (cold start).
+
+        Args:
+            user_id: Raw user id; its stored history is used unless ``history`` is given.
+            history: Watched video ids, oldest first (overrides the stored history).
+            k: How many videos; defaults to ``serving.default_k``.
+            exclude: Video ids never to return.
+            category: For cold start, restrict the popular list to this category.
+            now: Request time in seconds (defaults to the clock; tests and replays pass it).
+
+        Raises:
+            DataError: ``k`` out of range or an oversized request.
+        """
+        config = self.config
+        k = config.default_k if k is None else int(k)
+        if not 1 <= k <= config.max_k:
+            raise DataError(f"k must be between 1 and {config.max_k}, got {k}")
+        if history is not None and len(history) > config.max_request_history:
+            raise DataError(
+                f"history has {len(history)} videos; at most {config.max_request_history} "
+                "are accepted (send the most recent ones)"
+            )
+        if len(exclude) > config.max_exclude:
+            raise DataError(f"exclude has {len(exclude)} ids; at most {config.max_exclude}")
+        now = time.time() if now is None else float(now)
+        timer = _Timer()
+        rows, ages, engagement, watched_ids, ignored = self._history(user_id, history, now)
+        timer.mark("history")
+        excluded = np.unique(np.concatenate([watched_ids, np.asarray(exclude, dtype=np.int64)]))
+        if len(rows) == 0:
+            items = self._popular(k, excluded, category)
+            timer.mark("popular")
+            return Recommendation(items, self.bundle_id, "popular", ignored, timer.marks)
+
+        length = self.history_length
+        padded = np.zeros((1, length), dtype=np.int64)
+        padded[0, length - len(rows) :] = rows
+        user_row = self.features.user_rows(np.array([-1 if user_id is None else user_id]))
+        embeddings = self.catalogue.embeddings
+        query = self._query(
+            embeddings[padded], user_row, self.features.user_attribute_matrix(user_row)
+        ).numpy()
+        timer.mark("user_tower")
+        scores, ids = self.index.search(query, config.candidates, exclude=[excluded])
+        found = ids[0] >= 0
+        candidate_ids, retrieval_scores = ids[0][found], scores[0][found]
+        timer.mark("index")
+        if len(candidate_ids) == 0:
+            items = self._popular(k, excluded, category)
+            return Recommendation(items, self.bundle_id, "popular", ignored, timer.marks)
+
+        # Pad to `candidates` slots so the compiled ranker always sees one shape.
+        slots = config.candidates
+        found_count = len(candidate_ids)
+        candidate_rows = np.zeros(slots, dtype=np.int64)
+        candidate_rows[:found_count] = self.catalogue.rows(candidate_ids)
+        padded_scores = np.zeros(slots, dtype=np.float32)
+        padded_scores[:found_count] = retrieval_scores
+        h = self.ranker_history
+        history_rows = padded[:, -h:]
+        history_engagement = np.full((1, h), UNKNOWN_ENGAGEMENT, dtype=np.float32)
+        history_ages = np.zeros((1, h), dtype=np.float32)
+        recent = min(len(rows), h)
+        if recent:
+            history_engagement[0, h - recent :] = np.nan_to_num(
+                engagement[-recent:], nan=UNKNOWN_ENGAGEMENT
+            )
+            history_ages[0, h - recent :] = ages[-recent:]
+        inputs = self.ranker.inputs(
+            history_rows,
+            history_engagement,
+            history_ages,
+            candidate_rows[None],
+            padded_scores[None],
+            self.features.user_attribute_matrix(user_row),
+            videos=self.catalogue.videos,
+            embeddings=embeddings,
+        )
+        out = {k: v.numpy()[0, :found_count] for k, v in self._score(inputs).items()}
+        timer.mark("ranker")
+        blended = blend_scores(out["watch_logits"], out["engagement"], self.engagement_weight)
+        order = self._diversify(blended, candidate_rows[:found_count], k)
+        attention = out["attention"]
+        items = []
+        for position in order:
+            because: list[int] = []
+            if config.because:
+                weights = attention[position]
+                top = np.argsort(-weights)[: config.because]
+                because = [
+                    int(i)
+                    for i in self.catalogue.ids(history_rows[0, top][weights[top] > 0])
+                    if i >= 0
+                ]
+            items.append(
+                {
+                    "video_id": int(candidate_ids[position]),
+                    "score": float(blended[position]),
+                    "because": because,
+                }
+            )
+        timer.mark("rerank")
+        return Recommendation(items, self.bundle_id, "personalized", ignored, timer.marks)
+
+    def _diversify(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[int]:
+        """Positions of the returned candidates, best first, under the diversity rule."""
+        order = np.argsort(-scores, kind="stable")
+        mode = self.config.diversity
+        if mode == "none" or len(order) <= 1:
+            return order[:k].tolist()
+        if mode == "category_cap":
+            categories = self.catalogue.primary_categories(rows)
+            taken: dict[int, int] = {}
+            chosen, overflow = [], []
+            for position in order:
+                category = int(categories[position])
+                if category and taken.get(category, 0) >= self.config.category_cap:
+                    overflow.append(int(position))
+                    continue
+                taken[category] = taken.get(category, 0) + 1
+                chosen.append(int(position))
+                if len(chosen) == k:
+                    return chosen
+            return (chosen + overflow)[:k]
+        # Maximal marginal relevance on the retrieval embeddings.
+        vectors = self.catalogue.embeddings[rows]
+        relevance = (scores - scores.max()) / max(float(np.ptp(scores)), 1e-9)
+        chosen = [int(order[0])]
+        best_similarity = vectors @ vectors[chosen[0]]
+        available = np.ones(len(scores), dtype=bool)
+        available[chosen[0]] = False
+        lam = self.config.mmr_lambda
+        while len(chosen) < min(k, len(scores)):
+            value = lam * relevance - (1.0 - lam) * best_similarity
+            value[~available] = -np.inf
+            pick = int(np.argmax(value))
+            chosen.append(pick)
+            available[pick] = False
+            best_similarity = np.maximum(best_similarity, vectors @ vectors[pick])
+        return chosen
+
+    def _popular(self, k: int, excluded: np.ndarray, category: str | None) -> list[dict[str, Any]]:
+        """Recent popularity (of a category when asked), minus excluded and taken-down videos."""
+        candidates = self.state.popular(category)
+        if category is not None and len(candidates) == 0:
+            raise DataError(
+                f"unknown category {category!r}; known: {', '.join(self.state.category_names)}"
+            )
+        blocked = np.isin(candidates, excluded) | np.isin(candidates, list(self._taken_down))
+        picked = candidates[~blocked][:k]
+        counts = dict(
+            zip(
+                self.state.popular_video_ids.tolist(),
+                self.state.popular_counts.tolist(),
+                strict=True,
+            )
+        )
+        return [
+            {"video_id": int(v), "score": float(counts.get(int(v), 0)), "because": []}
+            for v in picked
+        ]
+
+    def similar(self, video_id: int, k: int | None = None) -> list[dict[str, Any]]:
+        """Videos nearest to one video in the embedding space (video-to-video).
+
+        Raises:
+            DataError: Unknown or taken-down video, or ``k`` out of range.
+        """
+        k = self.config.default_k if k is None else int(k)
+        if not 1 <= k <= self.config.max_k:
+            raise DataError(f"k must be between 1 and {self.config.max_k}, got {k}")
+        row = int(self.catalogue.rows(np.array([video_id]))[0])
+        if row == OOV_ROW or int(video_id) in self._taken_down:
+            raise DataError(f"unknown video_id {video_id}")
+        query = self.catalogue.embeddings[row][None]
+        scores, ids = self.index.search(query, k, exclude=[np.array([video_id])])
+        found = ids[0] >= 0
+        return [
+            {"video_id": int(v), "score": float(s)}
+            for v, s in zip(ids[0][found], scores[0][found], strict=True)
+        ]
+
+    def warm_up(self) -> None:
+        """Traces the request path once so the first real request is not slow."""
+        user_ids = self.state.history_user_ids
+        for i in range(min(WARMUP_CALLS, len(user_ids))):
+            self.recommend(user_id=int(user_ids[i]), now=self.state.data_until)
+        self.recommend(user_id=None)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not np.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+class RecommenderService:
+    """The serving `Recommender` plus safe hot swaps to newly published bundles.
+
+    A swap loads the new bundle aside, verifies it, replays live catalogue changes, warms it
+    up and only then replaces the reference; requests already running finish on the old one.
+    A bundle that fails any step is refused and the current one keeps serving.
+
+    Args:
+        artifacts: Bundle store root (``CURRENT`` names the bundle to serve).
+        events: Live event store.
+        config: Serving configuration.
+    """
+
+    def __init__(self, artifacts: str | Path, events: EventStore, config: ServingConfig) -> None:
+        self.store = BundleStore(artifacts)
+        self.events = events
+        self.config = config
+        self._current: Recommender | None = None
+        self._swap_lock = threading.Lock()
+        self.last_error: str | None = None
+        self.swaps = 0
+
+    @property
+    def current(self) -> Recommender:
+        """The serving recommender.
+
+        Raises:
+            BundleError: Nothing is loaded yet.
+        """
+        current = self._current
+        if current is None:
+            raise BundleError("no bundle is loaded yet")
+        return current
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def reload(self, bundle_id: str | None = None) -> str:
+        """Serves ``bundle_id`` (default: ``CURRENT``) if it loads and verifies.
+
+        Returns:
+            The serving bundle id afterwards.
+
+        Raises:
+            BundleError: The bundle was refused; the previous one keeps serving.
+        """
+        with self._swap_lock:
+            target = bundle_id or self.store.current_id()
+            if target is None:
+                raise BundleError(f"no published bundle under {self.store.root}")
+            if self._current is not None and self._current.bundle_id == target:
+                return target
+            started = time.perf_counter()
+            try:
+                candidate = Recommender.from_bundle(
+                    self.store.path(target), self.events, self.config
+                )
+            except BundleError as error:
+                self.last_error = str(error)
+                logger.error("refused bundle %s: %s", target, error)
+                raise
+            previous = self._current.bundle_id if self._current else None
+            self._current = candidate
+            self.swaps += 1
+            self.last_error = None
+            logger.info(
+                "serving bundle %s (was %s), loaded in %.1f s",
+                target,
+                previous,
+                time.perf_counter() - started,
+            )
+            return target
+
+    def poll(self) -> None:
+        """Reloads if ``CURRENT`` names a bundle other than the serving one."""
+        target = self.store.current_id()
+        if target is None or (self._current is not None and self._current.bundle_id == target):
+            return
+        # A refused bundle is logged and kept in last_error; the current one keeps serving.
+        with contextlib.suppress(BundleError):
+            self.reload(target)

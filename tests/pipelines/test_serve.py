@@ -1,0 +1,256 @@
+"""The serving orchestrator and its HTTP API, on a tiny trained bundle, through real HTTP."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core.bundle import BundleStore
+from core.config import ServingConfig, SyntheticConfig, VidrecConfig, config_from_dict
+from pipelines.app import create_app
+from pipelines.events import EventStore
+from pipelines.serve import RecommenderService
+from pipelines.synthetic import generate_platform
+from pipelines.train import train_job
+
+TINY = {
+    "features": {"history_length": 10, "max_tokens": 8},
+    "retrieval": {
+        "embedding_dim": 16,
+        "num_heads": 2,
+        "batch_size": 16,
+        "max_epochs": 2,
+        "extra_negatives": 32,
+        "validation_recall_at": 20,
+    },
+    "ranking": {
+        "dim": 16,
+        "history_length": 10,
+        "hidden_units": [32],
+        "candidates": 60,
+        "hard_negatives": 6,
+        "random_negatives": 2,
+        "max_epochs": 1,
+        "batch_size": 64,
+    },
+    "serving": {"candidates": 60, "max_request_history": 30, "max_body_bytes": 4096},
+}
+API_KEY = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    data = generate_platform(
+        SyntheticConfig(
+            num_users=200,
+            num_videos=150,
+            num_events=4000,
+            num_categories=6,
+            num_creators=20,
+            days=10,
+            seed=1,
+        )
+    )
+    config = config_from_dict(VidrecConfig, json.loads(json.dumps(TINY)))
+    result = train_job(data, config, BundleStore(root / "artifacts"))
+    return data, config, root, result.bundle_id
+
+
+@pytest.fixture()
+def served(platform, tmp_path):
+    data, config, root, _ = platform
+    events = EventStore(tmp_path / "events.db")
+    service = RecommenderService(root / "artifacts", events, config.serving)
+    service.reload()
+    client = TestClient(create_app(service, config.serving, API_KEY))
+    return data, service, client, events
+
+
+def _user_with_history(data):
+    counts = data.interactions["user_id"].value_counts()
+    return int(counts.index[0])
+
+
+def test_recommend_for_a_known_user(served):
+    data, service, client, _ = served
+    user = _user_with_history(data)
+    response = client.post("/recommend", json={"user_id": user, "k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["source"] == "personalized" and body["bundle_id"] == service.current.bundle_id
+    ids = [item["video_id"] for item in body["items"]]
+    assert len(ids) == 5 == len(set(ids))
+    watched = set(data.interactions.loc[data.interactions["user_id"] == user, "video_id"])
+    assert not watched & set(ids)
+    scores = [item["score"] for item in body["items"]]
+    assert all(np.isfinite(scores))
+    assert all(set(item["because"]) <= watched for item in body["items"])
+    assert set(body["timings_ms"]) >= {"history", "user_tower", "index", "ranker", "rerank"}
+
+
+def test_anonymous_history_and_cold_start(served):
+    data, _, client, _ = served
+    history = data.interactions["video_id"].iloc[:5].tolist()
+    body = client.post("/recommend", json={"history": history + [10**12], "k": 4}).json()
+    assert body["source"] == "personalized"
+    assert body["ignored_history"] == [10**12]
+    assert not set(history) & {i["video_id"] for i in body["items"]}
+    cold = client.post("/recommend", json={"k": 3}).json()
+    assert cold["source"] == "popular" and len(cold["items"]) == 3
+    category = data.videos["categories"].iloc[0][0]
+    by_category = client.post("/recommend", json={"k": 3, "category": category}).json()
+    in_category = set(
+        data.videos.loc[data.videos["categories"].map(lambda c: category in c), "video_id"]
+    )
+    assert {i["video_id"] for i in by_category["items"]} <= in_category
+
+
+def test_feedback_changes_the_next_recommendation(served):
+    data, _, client, events = served
+    user = _user_with_history(data)
+    before = client.post("/recommend", json={"user_id": user, "k": 10}).json()["items"]
+    first = before[0]["video_id"]
+    stored = client.post(
+        "/feedback", json={"user_id": user, "video_id": first, "watch_seconds": 30}
+    )
+    assert stored.status_code == 200 and stored.json() == {"stored": 1}
+    after = client.post("/recommend", json={"user_id": user, "k": 10}).json()["items"]
+    assert first not in {i["video_id"] for i in after}  # watched now, so filtered
+    assert events.count() == 1
+
+
+def test_takedown_is_never_returned_and_upload_is_searchable(served):
+    data, service, client, _ = served
+    user = _user_with_history(data)
+    top = client.post("/recommend", json={"user_id": user, "k": 10}).json()["items"][0]["video_id"]
+    assert client.delete(f"/videos/{top}", headers={"X-API-Key": API_KEY}).status_code == 200
+    for _ in range(3):
+        items = client.post("/recommend", json={"user_id": user, "k": 50}).json()["items"]
+        assert top not in {i["video_id"] for i in items}
+    assert top not in {
+        i["video_id"] for i in client.post("/recommend", json={"k": 50}).json()["items"]
+    }
+    # A new upload is embedded from its metadata and found next to its twin at once.
+    twin = data.videos.iloc[3]
+    new = {
+        "video_id": 10**9,
+        "title": twin["title"],
+        "categories": list(twin["categories"]),
+        "tags": list(twin["tags"]),
+        "duration": float(twin["duration"]),
+        "creator": twin["creator"],
+    }
+    assert client.post("/videos", json=new, headers={"X-API-Key": API_KEY}).status_code == 200
+    similar = client.get("/similar", params={"video_id": 10**9, "k": 20}).json()["items"]
+    assert len(similar) == 20
+    assert service.current.index.contains([10**9])[0]
+
+
+def test_bad_requests_are_clear_4xx(served):
+    _, _, client, _ = served
+    cases = [
+        (
+            client.post(
+                "/recommend", content=b"{not json", headers={"content-type": "application/json"}
+            ),
+            422,
+            "malformed JSON",
+        ),
+        (client.post("/recommend", json={"user_id": "abc"}), 422, "user_id"),
+        (client.post("/recommend", json={"user_id": 1, "k": 0}), 422, "k must be between 1 and"),
+        (client.post("/recommend", json={"user_id": 1, "k": 101}), 422, "k must be between 1"),
+        (client.post("/recommend", json={"history": list(range(31))}), 422, "at most 30"),
+        (client.post("/recommend", json={"usr": 1}), 422, "usr"),
+        (
+            client.post(
+                "/recommend", content=b"x" * 5000, headers={"content-type": "application/json"}
+            ),
+            413,
+            "exceeds 4096",
+        ),
+        (client.post("/feedback", json={"user_id": 1}), 422, "video_id"),
+        (
+            client.post("/feedback", json={"user_id": 1, "video_id": 2, "event": "explode"}),
+            422,
+            "event must be one of",
+        ),
+        (
+            client.post("/feedback", json={"user_id": 1, "video_id": 2, "watch_seconds": -3}),
+            422,
+            "watch_seconds",
+        ),
+        (client.get("/similar", params={"video_id": 10**15}), 422, "unknown video_id"),
+        (client.get("/similar", params={"video_id": "x"}), 422, "video_id"),
+        (client.post("/recommend", json={"k": 3, "category": "nope"}), 422, "unknown category"),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status, (response.status_code, response.text)
+        assert message in response.json()["error"], response.text
+
+
+def test_api_key_is_enforced_on_writes(served):
+    _, _, client, _ = served
+    assert client.delete("/videos/1").status_code == 401
+    assert client.delete("/videos/1", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"X-API-Key": API_KEY}).status_code == 200
+    # Feedback stays open.
+    assert client.post("/feedback", json={"user_id": 1, "video_id": 2}).status_code == 200
+
+
+def test_health_readiness_metrics_and_openapi(served):
+    _, service, client, _ = served
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["bundle_id"] == service.current.bundle_id
+    client.post("/recommend", json={"k": 2})
+    text = client.get("/metrics").text
+    assert f'vidrec_bundle_info{{bundle_id="{service.current.bundle_id}"}} 1.0' in text
+    assert 'vidrec_requests_total{endpoint="/recommend",status="200"}' in text
+    assert "vidrec_stage_seconds_bucket" in text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {
+        "/recommend",
+        "/similar",
+        "/feedback",
+        "/videos",
+        "/videos/{video_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin/reload",
+    } <= set(paths)
+
+
+def test_corrupted_bundle_is_refused_while_the_old_one_serves(platform, served, tmp_path):
+    _, _, root, bundle_id = platform
+    _, service, client, _ = served
+    store = BundleStore(root / "artifacts")
+    # Publish a damaged copy: same content, one altered file.
+    bad_id = "29990101T000000Z-bad000"
+    bad = store.bundles_dir / bad_id
+    shutil.copytree(store.path(bundle_id), bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["bundle_id"] = bad_id
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    embeddings = bad / "retrieval" / "video_embeddings.npy"
+    embeddings.write_bytes(embeddings.read_bytes()[:-8])
+    (root / "artifacts" / "CURRENT").write_text(bad_id + "\n")
+    try:
+        response = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        assert response.status_code == 503
+        assert "does not match its checksum" in response.json()["error"]
+        assert service.current.bundle_id == bundle_id
+        assert client.post("/recommend", json={"k": 2}).json()["bundle_id"] == bundle_id
+        assert "checksum" in client.get("/readyz").json()["last_refused"]
+    finally:
+        (root / "artifacts" / "CURRENT").write_text(bundle_id + "\n")
+        shutil.rmtree(bad)
+
+
+def test_serving_config_is_validated():
+    with pytest.raises(Exception, match=r"serving.diversity: must be one of"):
+        ServingConfig(diversity="random")
