@@ -253,3 +253,50 @@ def time_cut(
         history[2] if engagement is not None else None,
     )
     return TimeCutSplit(cutoff=cutoff, window_seconds=window_seconds, train=train, test=test)
+
+
+def last_event_holdout(
+    interactions: pd.DataFrame, engagement: np.ndarray | None = None
+) -> tuple[pd.DataFrame, EvalCases]:
+    """Each user's last event held out for early stopping, the rest for training.
+
+    Used by retraining, whose test window is a time cut: it still needs validation cases from
+    the training period, and this costs one event per user instead of a day of data.
+
+    Args:
+        interactions: Validated interactions (sorted by user, then time).
+        engagement: Optional ``[len(interactions)] float32`` per event.
+
+    Returns:
+        ``(training interactions, validation cases)``; users with a single event stay in
+        training and are not validated.
+
+    Raises:
+        DataError: No user has two events.
+    """
+    user_ids = interactions["user_id"].to_numpy(np.int64)
+    position, count = _positions_within_user(user_ids)
+    held_out = (count >= 2) & (position == count - 1)
+    if not held_out.any():
+        raise DataError("no user has two events; nothing to validate on")
+    users = user_ids[held_out]
+    user_index = np.searchsorted(users, user_ids)
+    in_history = (count >= 2) & ~held_out
+    videos = interactions["video_id"].to_numpy(np.int64)
+    stamps = interactions["timestamp"].to_numpy(np.int64)
+    columns = [videos[in_history], stamps[in_history]]
+    if engagement is not None:
+        columns.append(np.asarray(engagement)[in_history])
+    h_ptr, *history = _csr(user_index[in_history], len(users), *columns)
+    one = np.arange(len(users) + 1, dtype=np.int64)
+    cases = EvalCases(
+        users,
+        h_ptr,
+        history[0],
+        history[1],
+        one,
+        videos[held_out],
+        stamps[held_out],
+        history[2] if engagement is not None else None,
+    )
+    return interactions.loc[~held_out].reset_index(drop=True), cases

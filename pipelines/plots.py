@@ -53,3 +53,20 @@ def training_curves(
             axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
     figure.suptitle(title)
     _save(figure, path)
+
+
+def metric_comparison(
+    path: str | os.PathLike[str], title: str, series: Mapping[str, Mapping[str, float]]
+) -> None:
+    """Grouped bars: one group per metric, one bar per series (e.g. new vs serving model)."""
+    metrics = list(next(iter(series.values())).keys()) if series else []
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        positions = [m + i * width for m in range(len(metrics))]
+        axis.bar(positions, [values.get(m, 0.0) for m in metrics], width, label=name)
+    axis.set_xticks([m + width * (len(series) - 1) / 2 for m in range(len(metrics))])
+    axis.set_xticklabels(metrics)
+    axis.legend(fontsize=8)
+    axis.set_title(title)
+    _save(figure, path)

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -110,3 +111,15 @@ def test_time_cut_errors():
         time_cut(data, cutoff=150, window_seconds=10)
     with pytest.raises(DataError, match="window_seconds must be > 0"):
         time_cut(data, cutoff=150, window_seconds=0)
+
+
+def test_last_event_holdout_by_hand():
+    from core.splits import last_event_holdout
+
+    data = _interactions([(1, 10, 1), (1, 11, 2), (1, 12, 3), (2, 20, 1), (3, 30, 1), (3, 31, 2)])
+    train, cases = last_event_holdout(data, engagement=np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]))
+    assert train["video_id"].tolist() == [10, 11, 20, 30]
+    assert cases.user_ids.tolist() == [1, 3]
+    assert cases.target_video_ids.tolist() == [12, 31]
+    assert cases.history(0).tolist() == [10, 11] and cases.history(1).tolist() == [30]
+    np.testing.assert_allclose(cases.history_engagement, [0.1, 0.2, 0.5])
