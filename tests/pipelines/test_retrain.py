@@ -78,7 +78,7 @@ def world(tmp_path_factory):
 
 
 def test_retrain_publishes_a_warm_started_bundle_and_rerun_is_idempotent(world):
-    root, base, config, store, events, first = world
+    _, base, config, store, events, first = world
     cutoff = SPAN_START + 8 * DAY
     result = retrain_job(base, events, store, dataclass_tolerant(config), cutoff)
     assert result.status == PUBLISHED, result.reason
@@ -100,7 +100,7 @@ def test_retrain_publishes_a_warm_started_bundle_and_rerun_is_idempotent(world):
 
 
 def test_a_model_trained_on_shuffled_labels_is_gated_out(world, tmp_path):
-    root, base, config, store, events, _ = world
+    _, base, _config, store, events, _ = world
     serving_before = store.current_id()
     # Everything before the window has its videos shuffled among events; the window (day 8)
     # stays real, so the gate compares the two pipelines on real behaviour.
@@ -129,7 +129,7 @@ def test_a_model_trained_on_shuffled_labels_is_gated_out(world, tmp_path):
 
 
 def test_too_little_window_data_fails_instead_of_promoting_blindly(world):
-    root, base, config, store, events, _ = world
+    _, base, _config, store, events, _ = world
     strict = config_from_dict(
         VidrecConfig,
         {
@@ -138,13 +138,13 @@ def test_too_little_window_data_fails_instead_of_promoting_blindly(world):
         },
     )
     before = store.current_id()
-    with pytest.raises(DataError, match="retrain.min_window_users is 10000"):
+    with pytest.raises(DataError, match=r"retrain\.min_window_users is 10000"):
         retrain_job(base, events, store, strict, SPAN_START + 8 * DAY)
     assert store.current_id() == before
 
 
 def test_one_run_at_a_time(world):
-    root, base, config, store, events, _ = world
+    _, base, config, store, events, _ = world
     with (
         JobLock(store.root, command="another retrain"),
         pytest.raises(LockHeldError, match="another retrain"),
