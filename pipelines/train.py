@@ -175,7 +175,8 @@ def train_stages(
         encoders,
         catalogue,
         config.ranking,
-        retrieve=index_retriever(index.index, features),
+        # A flat index is exact search: numpy does it for a whole batch of examples at once.
+        retrieve=None if index.index.kind == "flat" else index_retriever(index.index, features),
     )
     sample = np.random.default_rng(config.ranking.seed).permutation(len(validation))
     validation_lists, _ = case_lists(
