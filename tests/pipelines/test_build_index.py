@@ -17,12 +17,11 @@ from pipelines.artifacts import load_bundle
 from pipelines.cli import main
 from pipelines.datasets import read_dataset, write_dataset
 
-# Tiny models (features.history_length stays at its default so that every section's defaults
-# agree with one another).
 TINY_MODEL = {
-    "features": {"max_tokens": 8},
+    "features": {"history_length": 10, "max_tokens": 8},
     "ranking": {
         "dim": 16,
+        "history_length": 10,
         "hidden_units": [32],
         "candidates": 50,
         "hard_negatives": 6,
