@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 ANN_VENV := .venv-ann
 
-.PHONY: demo test lint bench-quality bench-ann clean
+.PHONY: demo test lint bench-quality bench-ann bench-build clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/quality.py --out artifacts/bench/quality
+
+# The offline build of 1M videos (embed + index + verify + bundle), its peak memory measured alone.
+bench-build: $(STAMP)
+	$(BIN)/python benchmarks/build.py --out artifacts/bench/build
 
 # ScaNN breaks tensorflow-recommenders' import, so the ANN benchmark has its own environment.
 $(ANN_VENV)/.installed: pyproject.toml
