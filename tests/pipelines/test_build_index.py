@@ -16,30 +16,8 @@ from index import VideoIndex
 from pipelines.artifacts import load_bundle
 from pipelines.cli import main
 from pipelines.datasets import read_dataset, write_dataset
+from tests.tiny import tiny_sections
 
-TINY_MODEL = {
-    "features": {"history_length": 10, "max_tokens": 8},
-    "ranking": {
-        "dim": 16,
-        "history_length": 10,
-        "hidden_units": [32],
-        "candidates": 50,
-        "hard_negatives": 6,
-        "random_negatives": 2,
-        "max_epochs": 1,
-        "batch_size": 128,
-        "max_examples": 1000,
-    },
-    "retrieval": {
-        "embedding_dim": 16,
-        "num_heads": 2,
-        "batch_size": 64,
-        "max_epochs": 1,
-        "patience": 1,
-        "extra_negatives": 32,
-        "validation_recall_at": 20,
-    },
-}
 NEW_VIDEO_ID = 987_654_321
 
 
@@ -47,7 +25,14 @@ NEW_VIDEO_ID = 987_654_321
 def workspace(tmp_path_factory):
     """A synthetic platform of 150 videos and a trained, published bundle."""
     root = tmp_path_factory.mktemp("build_index")
-    (root / "config.json").write_text(json.dumps(TINY_MODEL))
+    (root / "config.json").write_text(
+        json.dumps(
+            tiny_sections(
+                retrieval={"batch_size": 64, "max_epochs": 1, "patience": 1},
+                ranking={"batch_size": 128, "max_examples": 1000},
+            )
+        )
+    )
     generate = ["generate", "--out", str(root / "data"), "--users", "200", "--videos", "150"]
     assert main([*generate, "--events", "4000", "--days", "10", "--seed", "2"]) == 0
     train = ["train", "--data", str(root / "data"), "--artifacts", str(root / "artifacts")]

@@ -5,37 +5,14 @@ import json
 import pytest
 
 from pipelines.cli import main
-
-TINY_MODEL = {
-    "features": {"history_length": 10, "max_tokens": 8},
-    "ranking": {
-        "dim": 16,
-        "history_length": 10,
-        "hidden_units": [32],
-        "candidates": 50,
-        "hard_negatives": 6,
-        "random_negatives": 2,
-        "max_epochs": 1,
-        "batch_size": 64,
-    },
-    "retrieval": {
-        "embedding_dim": 16,
-        "num_heads": 2,
-        "batch_size": 16,
-        "max_epochs": 2,
-        "patience": 2,
-        "extra_negatives": 32,
-        "validation_recall_at": 20,
-    },
-    "evaluation": {"candidate_ns": [20, 50]},
-}
+from tests.tiny import tiny_sections
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     config = root / "config.json"
-    config.write_text(json.dumps(TINY_MODEL))
+    config.write_text(json.dumps(tiny_sections()))
     assert (
         main(
             [
@@ -115,13 +92,13 @@ def test_evaluate_prints_a_table_and_writes_json(workspace, capsys):
         == 0
     )
     table = capsys.readouterr().out
-    for name in ("two_tower", "two_stage", "most_popular", "transition", "ndcg@10", "recall@50"):
+    for name in ("two_tower", "two_stage", "most_popular", "transition", "ndcg@10", "recall@60"):
         assert name in table
     result = json.loads(out.read_text())
     assert set(result["rows"]) == {"two_tower", "two_stage", "most_popular", "transition"}
     # The ranker reorders retrieval's top-N only: the candidate list's recall is unchanged.
     rows = result["rows"]
-    assert rows["two_stage"]["recall@50"] == rows["two_tower"]["recall@50"]
+    assert rows["two_stage"]["recall@60"] == rows["two_tower"]["recall@60"]
     assert result["num_cases"] == 200
     assert 0.0 <= result["rows"]["two_tower"]["ndcg@10"] <= 1.0
 

@@ -1,64 +1,28 @@
 """The nightly retrain on a small synthetic platform: warm start, gate, idempotence, uploads."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from core.bundle import BundleStore, read_manifest
-from core.config import SyntheticConfig, VidrecConfig, config_from_dict
 from core.errors import DataError, LockHeldError
 from core.lock import JobLock
 from core.schema import Dataset
 from pipelines.events import EventStore, FeedbackEvent
 from pipelines.retrain import GATED_OUT, PUBLISHED, retrain_job
-from pipelines.synthetic import SPAN_START, generate_platform
+from pipelines.synthetic import SPAN_START
 from pipelines.train import train_job
+from tests.tiny import small_platform, tiny_config
 
 DAY = 86_400
-TINY = {
-    "features": {"history_length": 10, "max_tokens": 8},
-    "retrieval": {
-        "embedding_dim": 16,
-        "num_heads": 2,
-        "batch_size": 16,
-        "max_epochs": 3,
-        "patience": 3,
-        "extra_negatives": 64,
-        "validation_recall_at": 20,
-    },
-    "ranking": {
-        "dim": 16,
-        "history_length": 10,
-        "hidden_units": [32],
-        "candidates": 60,
-        "hard_negatives": 6,
-        "random_negatives": 2,
-        "max_epochs": 2,
-        "batch_size": 64,
-    },
-    "serving": {"candidates": 60},
-    "retrain": {"min_window_users": 5},
-}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Day 0-6 is the base data (bundle A); days 7-9 arrive as events in the store."""
     root = tmp_path_factory.mktemp("retrain")
-    data = generate_platform(
-        SyntheticConfig(
-            num_users=300,
-            num_videos=200,
-            num_events=9000,
-            num_categories=6,
-            num_creators=25,
-            days=10,
-            seed=4,
-        )
-    )
-    config = config_from_dict(VidrecConfig, json.loads(json.dumps(TINY)))
+    data = small_platform(seed=4, users=300, videos=200, events=9_000)
+    config = tiny_config(retrain={"min_window_users": 5})
     split_at = SPAN_START + 7 * DAY
     early = data.interactions["timestamp"] < split_at
     base = Dataset("synthetic", data.interactions.loc[early], data.videos, data.users)
@@ -78,9 +42,9 @@ def world(tmp_path_factory):
 
 
 def test_retrain_publishes_a_warm_started_bundle_and_rerun_is_idempotent(world):
-    _, base, config, store, events, first = world
+    _, base, _config, store, events, first = world
     cutoff = SPAN_START + 8 * DAY
-    result = retrain_job(base, events, store, dataclass_tolerant(config), cutoff)
+    result = retrain_job(base, events, store, tolerant(), cutoff)
     assert result.status == PUBLISHED, result.reason
     assert store.current_id() == result.bundle_id != first
     manifest = read_manifest(store.path(result.bundle_id))
@@ -94,7 +58,7 @@ def test_retrain_publishes_a_warm_started_bundle_and_rerun_is_idempotent(world):
     assert "| ndcg@10 |" in report and "published" in report
     assert (store.path(result.bundle_id) / "reports" / "retrain.png").is_file()
     # Same cutoff, same data: nothing is trained again.
-    again = retrain_job(base, events, store, dataclass_tolerant(config), cutoff)
+    again = retrain_job(base, events, store, tolerant(), cutoff)
     assert again.reused and again.bundle_id == result.bundle_id
     assert store.bundle_ids().count(result.bundle_id) == 1
 
@@ -114,10 +78,7 @@ def test_a_model_trained_on_shuffled_labels_is_gated_out(world, tmp_path):
         ["user_id", "video_id", "timestamp"]
     )
     broken = Dataset("synthetic", shuffled, base.videos, base.users)
-    cold = config_from_dict(
-        VidrecConfig,
-        {**json.loads(json.dumps(TINY)), "retrain": {"min_window_users": 5, "warm_start": False}},
-    )
+    cold = tiny_config(retrain={"min_window_users": 5, "warm_start": False})
     result = retrain_job(
         broken, EventStore(tmp_path / "empty.db"), store, cold, SPAN_START + 9 * DAY
     )
@@ -130,13 +91,7 @@ def test_a_model_trained_on_shuffled_labels_is_gated_out(world, tmp_path):
 
 def test_too_little_window_data_fails_instead_of_promoting_blindly(world):
     _, base, _config, store, events, _ = world
-    strict = config_from_dict(
-        VidrecConfig,
-        {
-            **json.loads(json.dumps(TINY)),
-            "retrain": {"min_window_users": 10_000, "max_window_users": 10_000},
-        },
-    )
+    strict = tiny_config(retrain={"min_window_users": 10_000, "max_window_users": 10_000})
     before = store.current_id()
     with pytest.raises(DataError, match=r"retrain\.min_window_users is 10000"):
         retrain_job(base, events, store, strict, SPAN_START + 8 * DAY)
@@ -152,8 +107,6 @@ def test_one_run_at_a_time(world):
         retrain_job(base, events, store, config, SPAN_START + 8 * DAY)
 
 
-def dataclass_tolerant(config):
+def tolerant():
     """The first retrain may be a hair worse than a model trained on more days: tolerate it."""
-    payload = json.loads(json.dumps(TINY))
-    payload["retrain"]["tolerance"] = 0.5
-    return config_from_dict(VidrecConfig, payload)
+    return tiny_config(retrain={"min_window_users": 5, "tolerance": 0.5})

@@ -8,53 +8,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.bundle import BundleStore
-from core.config import ServingConfig, SyntheticConfig, VidrecConfig, config_from_dict
+from core.config import ServingConfig
 from pipelines.app import create_app
 from pipelines.events import EventStore
 from pipelines.serve import RecommenderService
-from pipelines.synthetic import generate_platform
 from pipelines.train import train_job
+from tests.tiny import small_platform, tiny_config
 
-TINY = {
-    "features": {"history_length": 10, "max_tokens": 8},
-    "retrieval": {
-        "embedding_dim": 16,
-        "num_heads": 2,
-        "batch_size": 16,
-        "max_epochs": 2,
-        "extra_negatives": 32,
-        "validation_recall_at": 20,
-    },
-    "ranking": {
-        "dim": 16,
-        "history_length": 10,
-        "hidden_units": [32],
-        "candidates": 60,
-        "hard_negatives": 6,
-        "random_negatives": 2,
-        "max_epochs": 1,
-        "batch_size": 64,
-    },
-    "serving": {"candidates": 60, "max_request_history": 30, "max_body_bytes": 4096},
-}
 API_KEY = "s3cret"
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    data = generate_platform(
-        SyntheticConfig(
-            num_users=200,
-            num_videos=150,
-            num_events=4000,
-            num_categories=6,
-            num_creators=20,
-            days=10,
-            seed=1,
-        )
-    )
-    config = config_from_dict(VidrecConfig, json.loads(json.dumps(TINY)))
+    data = small_platform(seed=1)
+    config = tiny_config(serving={"max_request_history": 30, "max_body_bytes": 4096})
     result = train_job(data, config, BundleStore(root / "artifacts"))
     return data, config, root, result.bundle_id
 

@@ -1,0 +1,65 @@
+"""The tiny models and platforms the pipeline tests share (seconds to train, not quality)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from core.config import SyntheticConfig, VidrecConfig, config_from_dict
+from core.schema import Dataset
+from pipelines.synthetic import generate_platform
+
+TINY_SECTIONS: dict[str, dict[str, Any]] = {
+    "features": {"history_length": 10, "max_tokens": 8},
+    "retrieval": {
+        "embedding_dim": 16,
+        "num_heads": 2,
+        "batch_size": 16,
+        "max_epochs": 2,
+        "patience": 2,
+        "extra_negatives": 32,
+        "validation_recall_at": 20,
+    },
+    "ranking": {
+        "dim": 16,
+        "history_length": 10,
+        "hidden_units": [32],
+        "candidates": 60,
+        "hard_negatives": 6,
+        "random_negatives": 2,
+        "max_epochs": 1,
+        "batch_size": 64,
+    },
+    "serving": {"candidates": 60},
+    "evaluation": {"candidate_ns": [20, 60]},
+}
+
+
+def tiny_sections(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tiny configuration as JSON-able sections, with ``section={key: value}`` overrides."""
+    sections = copy.deepcopy(TINY_SECTIONS)
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return sections
+
+
+def tiny_config(**overrides: dict[str, Any]) -> VidrecConfig:
+    """`tiny_sections` as a validated `VidrecConfig`."""
+    return config_from_dict(VidrecConfig, tiny_sections(**overrides))
+
+
+def small_platform(
+    seed: int, users: int = 200, videos: int = 150, events: int = 4_000, days: int = 10
+) -> Dataset:
+    """A seeded synthetic platform small enough for a test."""
+    return generate_platform(
+        SyntheticConfig(
+            num_users=users,
+            num_videos=videos,
+            num_events=events,
+            num_categories=6,
+            num_creators=max(1, videos // 8),
+            days=days,
+            seed=seed,
+        )
+    )
