@@ -394,6 +394,9 @@ def main() -> int:
     parser.add_argument("--swap-seconds", type=int, default=30)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--out", default=str(REPO / "artifacts" / "bench" / "serving"))
+    parser.add_argument(
+        "--build-only", action="store_true", help="make the bundle and stop (measure later)"
+    )
     args = parser.parse_args()
     import logging
 
@@ -402,6 +405,8 @@ def main() -> int:
     out = Path(args.out)
     root = out / f"platform-{args.videos}"
     build_bundle(args, root)
+    if args.build_only:
+        return 0
     result = {"in_process": in_process(args, root)}
     print(json.dumps(result["in_process"], indent=2), flush=True)
     result["http"] = http(args, root)

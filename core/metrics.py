@@ -20,6 +20,8 @@ from core.vocab import FIRST_ID_ROW, IdVocabulary
 
 logger = logging.getLogger(__name__)
 
+SCORE_BUDGET = 1 << 25  # scores of one batch (128 MiB of float32): bounded at any scale
+
 Scorer = Callable[[EvalCases], np.ndarray]
 """Maps a batch of cases to scores ``[len(cases), num_videos] float32`` in catalogue order."""
 
@@ -107,7 +109,7 @@ def evaluate_scorer(
     ns: Sequence[int] = (),
     diversity_k: int = 10,
     video_categories: Sequence[Sequence[str]] | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> RankingReport:
     """Ranks the full catalogue for every case and reports the metrics.
 
@@ -120,12 +122,14 @@ def evaluate_scorer(
         ns: Cut-offs for Recall@N of the candidate list.
         diversity_k: Length of the lists for coverage and category diversity.
         video_categories: Categories of each catalogue column, for ``categories@K``.
-        batch_size: Cases scored per call of ``scorer``.
+        batch_size: Cases scored per call of ``scorer``; by default as many as keep one call's
+            scores within `SCORE_BUDGET` (256 at most).
 
     Returns:
         The report.
     """
     num_videos = video_vocab.num_ids
+    batch_size = batch_size or max(1, min(256, SCORE_BUDGET // max(num_videos, 1)))
     all_ranks: list[np.ndarray] = []
     shown = np.zeros(num_videos, dtype=bool)
     distinct_categories: list[int] = []

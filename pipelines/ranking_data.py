@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 UNKNOWN_ENGAGEMENT = 0.5
 QUERY_BATCH = 2_048
+SCORE_BLOCK = 1 << 25  # scores held at once by exact search (128 MiB of float32)
 CANDIDATE_OFFSET = 1e4
 
 
@@ -54,30 +55,44 @@ def top_candidates(
     catalogue: np.ndarray,
     k: int,
     excluded_rows: Sequence[np.ndarray] | np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with_full: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Exact top-``k`` videos per query with each query's excluded rows removed.
+
+    Queries are scored in blocks of at most `SCORE_BLOCK` scores, so memory stays bounded
+    whatever the catalogue size (unless ``with_full`` asks for every score).
 
     Args:
         queries: ``[n, d] float32``.
         catalogue: ``[num_rows, d] float32`` embeddings by row (rows 0, 1 are not videos).
         k: Candidates per query.
         excluded_rows: Per query, rows never to return (watched videos; 0 is ignored).
+        with_full: Also return every score (``[n, num_rows - 2]``; -inf at excluded columns).
 
     Returns:
-        ``(rows [n, k] int64, scores [n, k] float32, full scores [n, num_rows - 2])``, the
-        candidates best first; full scores hold -inf at excluded columns.
+        ``(rows [n, k] int64, scores [n, k] float32, full scores or None)``, best first.
     """
     videos = catalogue[FIRST_ID_ROW:]
     k = min(k, len(videos))
-    scores = queries @ videos.T
-    for i, rows in enumerate(excluded_rows):
-        columns = np.asarray(rows, dtype=np.int64) - FIRST_ID_ROW
-        scores[i, columns[columns >= 0]] = -np.inf
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    order = np.argsort(-top_scores, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    return top + FIRST_ID_ROW, np.take_along_axis(top_scores, order, axis=1), scores
+    n = len(queries)
+    rows_out = np.zeros((n, k), dtype=np.int64)
+    scores_out = np.zeros((n, k), dtype=np.float32)
+    full = np.empty((n, len(videos)), dtype=np.float32) if with_full else None
+    block = max(1, SCORE_BLOCK // max(len(videos), 1))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        scores = queries[start:stop] @ videos.T
+        for i in range(start, stop):
+            columns = np.asarray(excluded_rows[i], dtype=np.int64) - FIRST_ID_ROW
+            scores[i - start, columns[columns >= 0]] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        rows_out[start:stop] = np.take_along_axis(top, order, axis=1) + FIRST_ID_ROW
+        scores_out[start:stop] = np.take_along_axis(top_scores, order, axis=1)
+        if full is not None:
+            full[start:stop] = scores
+    return rows_out, scores_out, full
 
 
 Retriever = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -181,21 +196,25 @@ def case_lists(
     catalogue: np.ndarray,
     num_candidates: int,
     ranker_history: int,
-) -> tuple[CandidateLists, np.ndarray]:
+    with_full: bool = False,
+) -> tuple[CandidateLists, np.ndarray | None]:
     """Retrieval's top-N for each case, watched videos removed, ready for the ranker.
 
     The ranking moment of a case is its first target's timestamp.
 
     Returns:
-        ``(lists, full retrieval scores [u, num_videos] with -inf at watched videos)``;
-        ``lists.target`` is the column of the case's first target (-1 if retrieval missed).
+        ``(lists, full retrieval scores [u, num_videos] with -inf at watched videos, or None
+        unless ``with_full``)``; ``lists.target`` is the column of the case's first target
+        (-1 if retrieval missed).
     """
     histories = [cases.history(i) for i in range(len(cases))]
     history_rows, _ = features.history_matrix(histories)
     user_rows = features.user_rows(cases.user_ids)
     queries = query_embeddings(encoders, catalogue, history_rows, user_rows)
     watched = [features.video_vocab.lookup(h) for h in histories]
-    rows, scores, full = top_candidates(queries, catalogue, num_candidates, watched)
+    rows, scores, full = top_candidates(
+        queries, catalogue, num_candidates, watched, with_full=with_full
+    )
     first_target = features.video_vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
     hits = rows == first_target[:, None]
     target = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
@@ -255,6 +274,7 @@ class TwoStageScorer:
             self.catalogue,
             self.config.candidates,
             self.config.history_length,
+            with_full=True,
         )
         out = self.ranker.score_lists(lists)
         blended = blend_scores(

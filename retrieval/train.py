@@ -28,11 +28,10 @@ import tensorflow as tf
 from core.config import RetrievalConfig
 from core.errors import DataError
 from core.features import FeatureSpace
-from core.metrics import metrics_from_ranks, target_ranks
+from core.metrics import evaluate_scorer
 from core.sequences import Windows, training_windows
 from core.splits import EvalCases
 from core.training import EarlyStopping, TrainingHistory
-from core.vocab import FIRST_ID_ROW
 from core.warm_start import grow_weights
 from retrieval.encoders import RetrievalEncoders
 from retrieval.model import TwoTowerModel
@@ -95,15 +94,13 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """Full-catalogue metrics of the exact inner-product ranking (seen videos filtered)."""
     catalogue = encoders.catalogue_embeddings()
-    scores = encoders.case_scores(cases, catalogue)
-    vocab = encoders.features.video_vocab
-    seen = [vocab.lookup(cases.history(i)) - FIRST_ID_ROW for i in range(len(cases))]
-    targets = [vocab.lookup(cases.targets(i)) - FIRST_ID_ROW for i in range(len(cases))]
-    seen = [s[s >= 0] for s in seen]
-    targets = [np.setdiff1d(t[t >= 0], s) for t, s in zip(targets, seen, strict=True)]
-    keep = [i for i, t in enumerate(targets) if len(t)]
-    ranks = target_ranks(scores[keep], [seen[i] for i in keep], [targets[i] for i in keep])
-    return metrics_from_ranks(ranks, ks, ns)
+    return evaluate_scorer(
+        lambda batch: encoders.case_scores(batch, catalogue),
+        cases,
+        encoders.features.video_vocab,
+        ks=ks,
+        ns=ns,
+    ).metrics
 
 
 def train_retrieval(
