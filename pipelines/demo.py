@@ -18,6 +18,7 @@ import numpy as np
 from core.bundle import BundleStore
 from core.config import SyntheticConfig, VidrecConfig
 from core.schema import Dataset
+from pipelines import plots
 from pipelines.evaluate import evaluate_dataset, format_table, write_result
 from pipelines.events import EventStore
 from pipelines.serve import Recommender, RecommenderService
@@ -40,12 +41,17 @@ def demo_config(budget_seconds: float, seed: int) -> VidrecConfig:
     return dataclasses.replace(config, retrieval=retrieval, ranking=ranking)
 
 
-def describe_user(dataset: Dataset, recommender: Recommender, user_id: int) -> str:
-    """A user's recent history and served recommendations, with titles and the "because"."""
+def describe_user(
+    dataset: Dataset, recommender: Recommender, user_id: int, attention_png: Path | None = None
+) -> str:
+    """A user's recent history and served recommendations, with titles and the "because".
+
+    With ``attention_png``, also plots the ranker's attention over the history per item.
+    """
     videos = dataset.videos.set_index("video_id")
     watched = dataset.interactions.loc[dataset.interactions["user_id"] == user_id, "video_id"]
     history = watched.to_numpy(np.int64)
-    result = recommender.recommend(user_id=user_id, now=recommender.state.data_until)
+    result = recommender.recommend(user_id=user_id, now=recommender.state.data_until, explain=True)
 
     def title(video_id: int) -> str:
         row = videos.loc[video_id]
@@ -58,6 +64,15 @@ def describe_user(dataset: Dataset, recommender: Recommender, user_id: int) -> s
         + ", ".join(f"{k} {v:.2f} ms" for k, v in result.timings_ms.items())
         + "):"
     )
+    if attention_png is not None and result.attention is not None:
+        plots.attention_heatmap(
+            attention_png,
+            f"ranker attention, user {user_id}",
+            result.attention["weights"],
+            [videos.loc[v, "title"][:28] for v in result.attention["history"]],
+            [videos.loc[i["video_id"], "title"][:28] for i in result.items],
+        )
+        lines.append(f"attention over the history: {attention_png}")
     for item in result.items:
         lines.append(f"  {item['score']:+7.3f} {title(item['video_id'])}")
         if item["because"]:
@@ -100,5 +115,6 @@ def run_demo(workdir: Path, seed: int = 0, budget_seconds: float = 240.0) -> Non
     service.reload()
     counts = dataset.interactions["user_id"].value_counts()
     user_id = int(counts.index[len(counts) // 3])
-    print(describe_user(dataset, service.current, user_id))
+    png = workdir / "reports" / "attention.png"
+    print(describe_user(dataset, service.current, user_id, attention_png=png))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -70,3 +70,34 @@ def metric_comparison(
     axis.legend(fontsize=8)
     axis.set_title(title)
     _save(figure, path)
+
+
+def attention_heatmap(
+    path: str | os.PathLike[str],
+    title: str,
+    weights: Sequence[Sequence[float]],
+    history_labels: Sequence[str],
+    item_labels: Sequence[str],
+) -> None:
+    """The ranker's target attention: one row per recommendation, one column per watch.
+
+    Args:
+        path: PNG to write.
+        title: Figure title.
+        weights: ``[items, history]`` attention weights (rows need not sum to 1: the ranker
+            also attends to a "nothing relevant" slot, which is not shown).
+        history_labels: Watched videos, oldest first.
+        item_labels: Recommended videos, best first.
+    """
+    figure, axis = plt.subplots(
+        figsize=(1.2 + 0.42 * len(history_labels), 1.2 + 0.38 * len(item_labels))
+    )
+    image = axis.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0)
+    axis.set_xticks(range(len(history_labels)))
+    axis.set_xticklabels(history_labels, rotation=60, ha="right", fontsize=7)
+    axis.set_yticks(range(len(item_labels)))
+    axis.set_yticklabels(item_labels, fontsize=7)
+    axis.set_xlabel("watch history (oldest → most recent)")
+    figure.colorbar(image, ax=axis, fraction=0.03, label="attention")
+    axis.set_title(title, fontsize=9)
+    _save(figure, path)

@@ -53,6 +53,8 @@ class Recommendation:
         source: ``"personalized"`` or ``"popular"`` (cold start).
         ignored_history: Ids in a request's history that the catalogue does not know.
         timings_ms: Milliseconds per stage.
+        attention: With ``explain``: ``{"history": ids the ranker read (oldest first),
+            "weights": [items][history]}``, the ranker's target attention.
     """
 
     items: list[dict[str, Any]]
@@ -60,6 +62,7 @@ class Recommendation:
     source: str
     ignored_history: list[int]
     timings_ms: dict[str, float]
+    attention: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,6 +239,7 @@ class Recommender:
         exclude: Sequence[int] = (),
         category: str | None = None,
         now: float | None = None,
+        explain: bool = False,
     ) -> Recommendation:
         """Recommendations for a user, an anonymous history, or nobody (cold start).
 
@@ -246,6 +250,7 @@ class Recommender:
             exclude: Video ids never to return.
             category: For cold start, restrict the popular list to this category.
             now: Request time in seconds (defaults to the clock; tests and replays pass it).
+            explain: Also return the ranker's attention over the history for every item.
 
         Raises:
             DataError: ``k`` out of range or an oversized request.
@@ -339,7 +344,16 @@ class Recommender:
                 }
             )
         timer.mark("rerank")
-        return Recommendation(items, self.bundle_id, "personalized", ignored, timer.marks)
+        explained = None
+        if explain:
+            shown = history_rows[0] >= FIRST_ID_ROW
+            explained = {
+                "history": self.catalogue.ids(history_rows[0][shown]).tolist(),
+                "weights": attention[order][:, shown].round(4).tolist(),
+            }
+        return Recommendation(
+            items, self.bundle_id, "personalized", ignored, timer.marks, explained
+        )
 
     def _diversify(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[int]:
         """Positions of the returned candidates, best first, under the diversity rule."""

@@ -57,6 +57,11 @@ def test_recommend_for_a_known_user(served):
     assert all(np.isfinite(scores))
     assert all(set(item["because"]) <= watched for item in body["items"])
     assert set(body["timings_ms"]) >= {"history", "user_tower", "index", "ranker", "rerank"}
+    explained = service.current.recommend(user_id=user, k=5, explain=True).attention
+    weights = np.asarray(explained["weights"])
+    assert weights.shape == (5, len(explained["history"]))
+    assert set(explained["history"]) <= watched
+    assert (weights >= 0).all() and (weights.sum(axis=1) <= 1.0 + 1e-3).all()
 
 
 def test_anonymous_history_and_cold_start(served):
