@@ -126,6 +126,10 @@ class RetrievalConfig:
             (no overlap) is fastest; smaller gives long histories to more targets.
         batch_size: Windows per training step.
         learning_rate: Adam learning rate.
+        sparse_table_rows: Embedding tables with more rows than this (video and user ids of a
+            large catalogue) are trained with Adagrad, whose sparse update touches only the
+            rows of a batch; Keras' Adam rewrites the whole table every step.
+        sparse_learning_rate: Adagrad learning rate of those tables.
         max_epochs: Upper bound on epochs; early stopping usually ends sooner.
         patience: Epochs without a better validation Recall@N before stopping.
         validation_recall_at: N of the validation Recall@N used for early stopping.
@@ -145,6 +149,8 @@ class RetrievalConfig:
     window_stride: int = 50
     batch_size: int = 32
     learning_rate: float = 1e-3
+    sparse_table_rows: int = 100_000
+    sparse_learning_rate: float = 0.05
     max_epochs: int = 200
     patience: int = 5
     validation_recall_at: int = 100
@@ -203,6 +209,9 @@ class RankingConfig:
         engagement_loss_weight: Weight of the engagement head's loss beside the watch head's.
         batch_size: Examples per training step.
         learning_rate: Adam learning rate.
+        sparse_table_rows: Embedding tables with more rows than this are trained with sparse
+            Adagrad (see `RetrievalConfig.sparse_table_rows`).
+        sparse_learning_rate: Adagrad learning rate of those tables.
         max_epochs: Upper bound on epochs.
         patience: Epochs without a better validation NDCG@10 before stopping.
         max_examples: Most recent training examples kept (bounds memory and time).
@@ -223,6 +232,8 @@ class RankingConfig:
     engagement_loss_weight: float = 0.5
     batch_size: int = 256
     learning_rate: float = 1e-3
+    sparse_table_rows: int = 100_000
+    sparse_learning_rate: float = 0.05
     max_epochs: int = 50
     patience: int = 3
     max_examples: int = 1_000_000

@@ -11,6 +11,7 @@ records which data and split that was, and evaluation refuses any other. The nig
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from pipelines.distribute import (
     is_chief,
     make_strategy,
 )
+from pipelines.optimizers import sparse_aware
 from pipelines.ranking_data import Retriever, case_lists, training_lists
 from pipelines.serving_state import build_serving_state
 from pipelines.weights import save_weights
@@ -153,6 +155,12 @@ def train_stages(
         strategy=strategy,
         initial_weights=initial_weights.get("retrieval"),
         consensus=consensus,
+        make_optimizer=functools.partial(
+            sparse_aware,
+            learning_rate=config.retrieval.learning_rate,
+            sparse_rows=config.retrieval.sparse_table_rows,
+            sparse_learning_rate=config.retrieval.sparse_learning_rate,
+        ),
     )
     seconds["train_retrieval"] = time.perf_counter() - started
 
@@ -198,6 +206,12 @@ def train_stages(
         strategy=strategy,
         initial_weights=initial_weights.get("ranking"),
         consensus=consensus,
+        make_optimizer=functools.partial(
+            sparse_aware,
+            learning_rate=config.ranking.learning_rate,
+            sparse_rows=config.ranking.sparse_table_rows,
+            sparse_learning_rate=config.ranking.sparse_learning_rate,
+        ),
     )
     seconds["train_ranker"] = time.perf_counter() - started
     scores = {f"retrieval/{k}": v for k, v in retrieval.history.best.validation.items()}

@@ -93,6 +93,7 @@ def train_ranker(
     strategy: tf.distribute.Strategy | None = None,
     initial_weights: Sequence[np.ndarray] | None = None,
     consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
+    make_optimizer: Callable[[tf.keras.Model], tf.keras.optimizers.Optimizer] | None = None,
 ) -> TrainedRanker:
     """Trains the ranker.
 
@@ -109,6 +110,8 @@ def train_ranker(
             possibly grown: see `core.warm_start.grow_weights`).
         consensus: Under several workers, maps this worker's epoch figures to the chief's so
             every worker stops at the same epoch (`pipelines.distribute.chief_consensus`).
+        make_optimizer: Builds the optimizer for the model (default: Adam at
+            ``config.learning_rate``); `pipelines.optimizers.sparse_aware` for large tables.
 
     Returns:
         The trained ranker with its best epoch's weights.
@@ -127,7 +130,12 @@ def train_ranker(
     tf.keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = RankerModel(features, catalogue_embeddings, config)
-        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+        optimizer = (
+            make_optimizer(model)
+            if make_optimizer is not None
+            else tf.keras.optimizers.Adam(config.learning_rate)
+        )
+        model.compile(optimizer=optimizer)
     # Metrics of several replicas are summed; the epoch loss below divides by the replicas.
     model.distribute_reduction_method = "sum"
     replicas = strategy.num_replicas_in_sync

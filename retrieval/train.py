@@ -111,6 +111,7 @@ def train_retrieval(
     strategy: tf.distribute.Strategy | None = None,
     initial_weights: Sequence[np.ndarray] | None = None,
     consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
+    make_optimizer: Callable[[tf.keras.Model], tf.keras.optimizers.Optimizer] | None = None,
 ) -> TrainedRetrieval:
     """Trains the two-tower model on (history before t, video at t) pairs.
 
@@ -125,6 +126,8 @@ def train_retrieval(
             possibly grown: see `core.warm_start.grow_weights`).
         consensus: Under several workers, maps this worker's epoch figures to the chief's so
             every worker stops at the same epoch (`pipelines.distribute.chief_consensus`).
+        make_optimizer: Builds the optimizer for the model (default: Adam at
+            ``config.learning_rate``); `pipelines.optimizers.sparse_aware` for large tables.
 
     Returns:
         The trained model, with the best epoch's weights restored.
@@ -157,7 +160,12 @@ def train_retrieval(
         validation = validation.subset(np.sort(picked))
     with strategy.scope():
         model = TwoTowerModel(features, config, frequency)
-        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+        optimizer = (
+            make_optimizer(model)
+            if make_optimizer is not None
+            else tf.keras.optimizers.Adam(config.learning_rate)
+        )
+        model.compile(optimizer=optimizer)
     # Keras reports a metric under several replicas as the sum of the replicas' values ("auto"
     # means "sum" off TPUs); pinned here because the epoch loss below divides by the replicas.
     model.distribute_reduction_method = "sum"

@@ -7,10 +7,14 @@ clear reason when it is absent.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# TFRS needs Keras 2; set before any test module imports TensorFlow, whatever the import order.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data").resolve()

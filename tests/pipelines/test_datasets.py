@@ -82,7 +82,7 @@ def _ml_latest(root: Path) -> Path:
     )
     _write(
         root / "movies.csv",
-        'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n'
+        "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
         '2,"American President, The (1995)",Comedy|Drama|Romance\n'
         "3,Babylon 5,(no genres listed)\n",
     )
@@ -210,8 +210,13 @@ def test_generic_csv_with_mapping_videos_and_users(tmp_path: Path) -> None:
         "300,Unwatched,,\n",
     )
     users = _write(tmp_path / "users.csv", "uid,country\n10,FR\n11,JP\n")
-    mapping = {"uid": "user_id", "item": "video_id", "ts": "timestamp", "secs": "watch_seconds",
-               "kind": "event"}
+    mapping = {
+        "uid": "user_id",
+        "item": "video_id",
+        "ts": "timestamp",
+        "secs": "watch_seconds",
+        "kind": "event",
+    }
     dataset = load_interactions_file(events, mapping, videos_path=videos, users_path=users)
     assert dataset.name == "events"
     assert dataset.interactions["user_id"].tolist() == [10, 10, 11]
@@ -252,7 +257,9 @@ def test_parquet_layout_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "stored"
     write_dataset(original, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "interactions.parquet", "users.parquet", "videos.parquet"
+        "interactions.parquet",
+        "users.parquet",
+        "videos.parquet",
     ]
     assert detect_format(out) == "parquet-layout"
     loaded = load_dataset(out)
@@ -389,9 +396,7 @@ def test_undecodable_bytes_name_file_line_and_encoding_option(tmp_path: Path) ->
     root = _ml_latest(tmp_path / "latest")
     movies = "movieId,title,genres\n1,Toy Story (1995),Comedy\n2,Café (1995),Drama\n3,X,Y\n"
     _write(root / "movies.csv", movies, "latin-1")
-    with pytest.raises(
-        DataError, match=r"movies\.csv, line 3: cannot decode .*utf-8.*--encoding"
-    ):
+    with pytest.raises(DataError, match=r"movies\.csv, line 3: cannot decode .*utf-8.*--encoding"):
         load_movielens_latest(root)
     dataset = load_movielens_latest(root, encoding="latin-1")
     assert dataset.videos.set_index("video_id").loc[2, "title"] == "Café"
@@ -454,8 +459,9 @@ def test_generic_csv_bad_timestamp(tmp_path: Path) -> None:
 
 def test_parquet_bad_ids_name_the_row(tmp_path: Path) -> None:
     path = tmp_path / "events.parquet"
-    pd.DataFrame({"user_id": ["1", "2", "u3"], "video_id": [1, 2, 3], "timestamp": [1, 2, 3]}) \
-        .to_parquet(path)
+    pd.DataFrame(
+        {"user_id": ["1", "2", "u3"], "video_id": [1, 2, 3], "timestamp": [1, 2, 3]}
+    ).to_parquet(path)
     with pytest.raises(DataError, match=r"events\.parquet, column 'user_id': 'u3' .*\(row 3\)"):
         load_interactions_file(path)
 

@@ -187,9 +187,10 @@ def test_fresh_uploads_get_a_boost() -> None:
     def fresh_share(knobs: PlatformKnobs) -> float:
         dataset = generate_platform(TINY, knobs)
         upload = dataset.videos.set_index("video_id")["upload_time"]
-        age = dataset.interactions["timestamp"].to_numpy() - upload.reindex(
-            dataset.interactions["video_id"]
-        ).to_numpy()
+        age = (
+            dataset.interactions["timestamp"].to_numpy()
+            - upload.reindex(dataset.interactions["video_id"]).to_numpy()
+        )
         return float(np.mean(age < 2 * 86_400))
 
     assert fresh_share(PlatformKnobs()) > fresh_share(PlatformKnobs(fresh_share=0.0)) + 0.05
@@ -216,8 +217,10 @@ def test_titles_and_creators_carry_category_signal(
         title.endswith(f"| {creator}")
         for title, creator in zip(videos["title"], videos["creator"], strict=True)
     )
-    assert (videos["categories"].map(lambda c: c[0]).to_numpy()
-            == np.array(names, dtype=object)[truth.video_category]).all()
+    assert (
+        videos["categories"].map(lambda c: c[0]).to_numpy()
+        == np.array(names, dtype=object)[truth.video_category]
+    ).all()
     # Creators publish mostly in one category.
     frame = pd.DataFrame({"creator": truth.video_creator, "category": truth.video_category})
     top_share = frame.groupby("creator")["category"].agg(
@@ -239,8 +242,13 @@ def test_round_trip_through_parquet_layout(tmp_path: Path) -> None:
 
 def test_more_categories_than_named_ones() -> None:
     config = SyntheticConfig(
-        num_users=50, num_videos=400, num_events=1_000, num_categories=40, num_creators=60,
-        days=5, seed=1,
+        num_users=50,
+        num_videos=400,
+        num_events=1_000,
+        num_categories=40,
+        num_creators=60,
+        days=5,
+        seed=1,
     )
     dataset, truth = generate_platform_with_truth(config)
     assert len(set(truth.category_names)) == 40
