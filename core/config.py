@@ -327,6 +327,14 @@ class IndexConfig:
         hnsw_m: Graph degree of HNSW (``HNSW<m>``).
         hnsw_ef_construction: Candidate-list size while inserting into HNSW.
         hnsw_ef_search: efSearch values tried, smallest first, when tuning HNSW.
+        query_aware: Build the HNSW graph in coordinates fitted to the tuning queries (scores
+            stay exact; see `index.query_aware`): a trained user tower's queries sit apart from
+            the videos, and a graph over the raw vectors loses recall on them.
+        query_aware_min_shift: The query-aware graph is used only when the queries' second
+            moment differs from the videos' by at least this much (relative Frobenius norm);
+            queries distributed like the videos are better served by the raw graph.
+        query_aware_shrinkage: Share of the mean eigenvalue of the queries' second moment added
+            to every eigenvalue, so directions the queries rarely use keep some weight.
         ivf_nlist: Inverted lists of IVF; 0 derives it as ``ivf_nlist_per_sqrt * sqrt(n)``
             (capped so that every list gets ``ivf_min_points_per_list`` training points).
         ivf_nlist_per_sqrt: Factor of the derived nlist.
@@ -368,6 +376,9 @@ class IndexConfig:
     hnsw_m: int = 32
     hnsw_ef_construction: int = 40
     hnsw_ef_search: tuple[int, ...] = (16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+    query_aware: bool = True
+    query_aware_min_shift: float = 1.0
+    query_aware_shrinkage: float = 0.1
     ivf_nlist: int = 0
     ivf_nlist_per_sqrt: float = 4.0
     ivf_min_points_per_list: int = 39
@@ -405,6 +416,16 @@ class IndexConfig:
         require(self.memory_budget_mb > 0, f"{f}.memory_budget_mb", "must be > 0")
         require(2 <= self.hnsw_m <= 256, f"{f}.hnsw_m", f"must be in [2, 256], got {self.hnsw_m}")
         require(self.hnsw_ef_construction >= 1, f"{f}.hnsw_ef_construction", "must be >= 1")
+        require(
+            self.query_aware_min_shift >= 0,
+            f"{f}.query_aware_min_shift",
+            f"must be >= 0, got {self.query_aware_min_shift}",
+        )
+        require(
+            self.query_aware_shrinkage > 0,
+            f"{f}.query_aware_shrinkage",
+            f"must be > 0, got {self.query_aware_shrinkage}",
+        )
         for name in ("hnsw_ef_search", "ivf_nprobe"):
             values = getattr(self, name)
             require(

@@ -26,13 +26,17 @@ import numpy as np
 from core.config import IndexConfig
 from core.errors import DataError
 from index.structures import choose_kind, default_threads, resolve_layout
-from index.video_index import VideoIndex, _check_ids, _check_vectors
+from index.video_index import VideoIndex, _check_ids, _check_vectors, _fit_transform
 
 logger = logging.getLogger(__name__)
 
 
 def train_empty(
-    sample: np.ndarray, config: IndexConfig | None = None, *, expected_count: int
+    sample: np.ndarray,
+    config: IndexConfig | None = None,
+    *,
+    expected_count: int,
+    tuning_queries: np.ndarray | None = None,
 ) -> VideoIndex:
     """Chooses the structure for the whole catalogue and trains it, empty.
 
@@ -41,6 +45,8 @@ def train_empty(
             least nlist of them; ``nlist * ivf_train_points_per_list`` are used at most).
         config: Index configuration; defaults to `IndexConfig()`.
         expected_count: Videos the merged index will hold (drives the kind and nlist).
+        tuning_queries: Held-out queries ``[q, d] float32``; an HNSW graph is then built in
+            coordinates fitted to them (see `index.query_aware`), shared by every shard.
 
     Returns:
         An empty, trained `VideoIndex`; save it and give it to every `add_shard`.
@@ -52,7 +58,8 @@ def train_empty(
     kind = choose_kind(expected_count, x.shape[1], config)
     layout = resolve_layout(kind, expected_count, x.shape[1], config)
     logger.info("training %s for %d videos on %d samples", layout.factory, expected_count, len(x))
-    return VideoIndex.create_trained(layout, x, config)
+    transform = _fit_transform(layout, config, x, tuning_queries)
+    return VideoIndex.create_trained(layout, x, config, transform=transform)
 
 
 def add_shard(
