@@ -146,6 +146,14 @@ def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, **kwargs)  # type: ignore[arg-type]
 
 
+def initial_train(root: Path, artifacts: Path, config: Path) -> None:
+    """``vidrec train`` on the base days: the bundle the simulated nights start from."""
+    command = [VIDREC, "train", "--data", str(root / "base"), "--artifacts", str(artifacts)]
+    trained = run([*command, "--config", str(config)])
+    if trained.returncode != 0:
+        raise RuntimeError(f"initial train failed: {trained.stderr[-2000:]}")
+
+
 def days(args: argparse.Namespace, out: Path) -> dict:
     """Three (``--days``) simulated days through the serving API and the nightly job."""
     root = out / "days"
@@ -158,20 +166,7 @@ def days(args: argparse.Namespace, out: Path) -> dict:
     config = _config_file(root, _small_config())
     artifacts, events = root / "artifacts", root / "events.db"
     started = time.perf_counter()
-    trained = run(
-        [
-            VIDREC,
-            "train",
-            "--data",
-            str(root / "base"),
-            "--artifacts",
-            str(artifacts),
-            "--config",
-            str(config),
-        ]
-    )
-    if trained.returncode != 0:
-        raise RuntimeError(f"initial train failed: {trained.stderr[-2000:]}")
+    initial_train(root, artifacts, config)
     print(f"initial bundle in {time.perf_counter() - started:.0f} s", flush=True)
     port = _free_port()
     server = subprocess.Popen(
@@ -320,19 +315,7 @@ def kill(args: argparse.Namespace, out: Path) -> dict:
     data, _base, start = _platform(root, args.users, args.videos_small, args.events_small, 9, 7)
     config = _config_file(root, _small_config())
     artifacts = root / "artifacts"
-    trained = run(
-        [
-            VIDREC,
-            "train",
-            "--data",
-            str(root / "base"),
-            "--artifacts",
-            str(artifacts),
-            "--config",
-            str(config),
-        ]
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    initial_train(root, artifacts, config)
     store = BundleStore(artifacts)
     serving = store.current_id()
     from pipelines.events import EventStore, FeedbackEvent

@@ -366,10 +366,7 @@ def markdown(result: dict) -> str:
         "",
         "| stage | p50 ms | p99 ms |",
         "|---|---|---|",
-        *(
-            f"| {k} | {v} | {fast['stages_p99_ms'][k]} |"
-            for k, v in fast["stages_p50_ms"].items()
-        ),
+        *(f"| {k} | {v} | {fast['stages_p99_ms'][k]} |" for k, v in fast["stages_p50_ms"].items()),
     ]
     web = result.get("http", {})
     if "sustained" in web:

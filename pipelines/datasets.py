@@ -48,9 +48,25 @@ PathLike = str | os.PathLike[str]
 
 #: Genre names of ml-100k in flag order, used when ``u.genre`` is absent.
 ML100K_GENRES: tuple[str, ...] = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 #: Genre values that mean "no genre" (ml-100k flag ``unknown``, ml-latest's placeholder).
 NO_GENRE = frozenset({"unknown", "(no genres listed)"})
@@ -93,8 +109,7 @@ def _check_encoding(encoding: str) -> str:
     except (LookupError, TypeError):
         raise DataError(
             f"unknown encoding {encoding!r}: Python has no codec of that name",
-            hint="use a Python codec name such as 'utf-8', 'latin-1' or 'cp1252' "
-            "(CLI: --encoding)",
+            hint="use a Python codec name such as 'utf-8', 'latin-1' or 'cp1252' (CLI: --encoding)",
         ) from None
 
 
@@ -128,7 +143,7 @@ def _raise_decode_error(path: Path, encoding: str) -> None:
                 newlines += decoder.decode(raw).count("\n")
             except UnicodeDecodeError as err:
                 raise DataError(
-                    f"cannot decode byte(s) {raw[err.start:err.end]!r} as {encoding}",
+                    f"cannot decode byte(s) {raw[err.start : err.end]!r} as {encoding}",
                     source=str(path),
                     line=newlines + 1,
                     hint=_ENCODING_HINT,
@@ -343,9 +358,7 @@ def _read_delimited(
             f"cannot decode the file as {encoding}", source=str(path), hint=_ENCODING_HINT
         ) from None
     except pd.errors.EmptyDataError:
-        raise DataError(
-            "the file is empty", source=str(path), hint=f"expected {what}"
-        ) from None
+        raise DataError("the file is empty", source=str(path), hint=f"expected {what}") from None
     except (pd.errors.ParserError, ValueError, csv.Error) as err:
         scan()
         raise DataError(
@@ -834,6 +847,7 @@ def _require_source_columns(frame: pd.DataFrame, columns: Sequence[str], path: P
 # Generic CSV / Parquet
 # --------------------------------------------------------------------------------------------
 
+
 def _table_kind(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -1072,9 +1086,21 @@ def load_interactions_file(
             )
         _check_unique_ids(videos, "video_id", videos_file, videos_fmt, encoding)
         columns_seen += video_columns
-        keep = [c for c in videos.columns if c in {
-            "video_id", "title", "categories", "tags", "year", "duration", "creator", "upload_time"
-        }]
+        keep = [
+            c
+            for c in videos.columns
+            if c
+            in {
+                "video_id",
+                "title",
+                "categories",
+                "tags",
+                "year",
+                "duration",
+                "creator",
+                "upload_time",
+            }
+        ]
         videos = videos[keep]
         known = np.isin(interactions["video_id"].to_numpy(), videos["video_id"].to_numpy())
         if not known.all():
@@ -1261,9 +1287,7 @@ def read_dataset(directory: PathLike) -> Dataset:
                 source=str(root),
                 hint="write the dataset again",
             )
-    return _build_dataset(
-        str(metadata.get("name") or root.name), interactions, videos, users, root
-    )
+    return _build_dataset(str(metadata.get("name") or root.name), interactions, videos, users, root)
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,63 +57,402 @@ DAY = 86_400
 
 #: Category names and the words their titles are made of (extra categories get made-up words).
 CATEGORY_WORDS: dict[str, tuple[str, ...]] = {
-    "music": ("song", "beat", "guitar", "remix", "album", "lyrics", "cover", "concert", "band",
-              "piano", "playlist", "drums"),
-    "gaming": ("gameplay", "speedrun", "boss", "level", "walkthrough", "minecraft", "strategy",
-               "esports", "loot", "quest", "console", "patch"),
-    "cooking": ("recipe", "pasta", "bread", "kitchen", "dinner", "baking", "spicy", "chicken",
-                "vegan", "dessert", "grill", "soup"),
-    "fitness": ("workout", "cardio", "yoga", "strength", "abs", "stretch", "running", "squat",
-                "hiit", "muscle", "core", "pushup"),
-    "travel": ("trip", "beach", "city", "hotel", "backpacking", "island", "flight", "roadtrip",
-               "hiking", "tokyo", "paris", "itinerary"),
-    "tech": ("unboxing", "laptop", "phone", "camera", "gadget", "benchmark", "setup", "keyboard",
-             "chip", "battery", "monitor", "smartwatch"),
-    "science": ("physics", "space", "chemistry", "experiment", "biology", "quantum", "planet",
-                "rocket", "molecule", "evolution", "lab", "telescope"),
-    "education": ("lesson", "lecture", "math", "grammar", "exam", "study", "explained", "course",
-                  "calculus", "vocabulary", "algebra", "homework"),
-    "comedy": ("sketch", "prank", "standup", "parody", "funny", "jokes", "roast", "improv",
-               "bloopers", "satire", "skit", "laugh"),
-    "news": ("breaking", "report", "election", "economy", "debate", "headlines", "policy",
-             "press", "briefing", "correspondent", "summit", "poll"),
-    "sports": ("football", "basketball", "highlights", "goal", "match", "tennis", "soccer",
-               "playoffs", "dunk", "league", "transfer", "derby"),
-    "diy": ("woodworking", "repair", "garden", "renovation", "crafts", "tools", "paint",
-            "furniture", "restore", "plumbing", "organizing", "workshop"),
-    "beauty": ("makeup", "skincare", "hairstyle", "nails", "lipstick", "glow", "fashion",
-               "outfit", "haul", "palette", "contour", "serum"),
-    "animals": ("dogs", "cats", "puppy", "kitten", "wildlife", "rescue", "birds", "aquarium",
-                "horse", "zoo", "pets", "parrot"),
-    "movies": ("film", "trailer", "cinema", "director", "scene", "oscars", "sequel", "boxoffice",
-               "screenplay", "actor", "blockbuster", "premiere"),
-    "kids": ("cartoon", "nursery", "alphabet", "toys", "colors", "puzzle", "crayons", "abc",
-             "lullaby", "playtime", "dinosaur", "rhymes"),
-    "cars": ("engine", "supercar", "drift", "motorsport", "tuning", "electric", "racing",
-             "garage", "offroad", "turbo", "dashcam", "sedan"),
-    "finance": ("stocks", "investing", "crypto", "budget", "savings", "market", "retirement",
-                "taxes", "dividends", "trading", "inflation", "mortgage"),
-    "art": ("painting", "drawing", "sketching", "watercolor", "portrait", "sculpture", "canvas",
-            "illustration", "anime", "calligraphy", "gallery", "pottery"),
-    "asmr": ("whisper", "tapping", "relaxing", "sleep", "tingles", "triggers", "soft",
-             "brushing", "ambient", "rain", "roleplay", "calm"),
-    "podcast": ("talk", "guests", "conversation", "mic", "panel", "opinions", "chat", "host",
-                "rant", "deepdive", "topics", "weekly"),
-    "history": ("ancient", "empire", "war", "medieval", "rome", "castle", "revolution",
-                "dynasty", "pharaoh", "archive", "battle", "vikings"),
-    "vlog": ("daily", "morning", "family", "apartment", "weekend", "grwm", "diary", "couple",
-             "college", "moving", "life", "errands"),
-    "nature": ("forest", "mountains", "ocean", "waterfall", "sunset", "timelapse", "landscape",
-               "river", "volcano", "glacier", "desert", "storm"),
+    "music": (
+        "song",
+        "beat",
+        "guitar",
+        "remix",
+        "album",
+        "lyrics",
+        "cover",
+        "concert",
+        "band",
+        "piano",
+        "playlist",
+        "drums",
+    ),
+    "gaming": (
+        "gameplay",
+        "speedrun",
+        "boss",
+        "level",
+        "walkthrough",
+        "minecraft",
+        "strategy",
+        "esports",
+        "loot",
+        "quest",
+        "console",
+        "patch",
+    ),
+    "cooking": (
+        "recipe",
+        "pasta",
+        "bread",
+        "kitchen",
+        "dinner",
+        "baking",
+        "spicy",
+        "chicken",
+        "vegan",
+        "dessert",
+        "grill",
+        "soup",
+    ),
+    "fitness": (
+        "workout",
+        "cardio",
+        "yoga",
+        "strength",
+        "abs",
+        "stretch",
+        "running",
+        "squat",
+        "hiit",
+        "muscle",
+        "core",
+        "pushup",
+    ),
+    "travel": (
+        "trip",
+        "beach",
+        "city",
+        "hotel",
+        "backpacking",
+        "island",
+        "flight",
+        "roadtrip",
+        "hiking",
+        "tokyo",
+        "paris",
+        "itinerary",
+    ),
+    "tech": (
+        "unboxing",
+        "laptop",
+        "phone",
+        "camera",
+        "gadget",
+        "benchmark",
+        "setup",
+        "keyboard",
+        "chip",
+        "battery",
+        "monitor",
+        "smartwatch",
+    ),
+    "science": (
+        "physics",
+        "space",
+        "chemistry",
+        "experiment",
+        "biology",
+        "quantum",
+        "planet",
+        "rocket",
+        "molecule",
+        "evolution",
+        "lab",
+        "telescope",
+    ),
+    "education": (
+        "lesson",
+        "lecture",
+        "math",
+        "grammar",
+        "exam",
+        "study",
+        "explained",
+        "course",
+        "calculus",
+        "vocabulary",
+        "algebra",
+        "homework",
+    ),
+    "comedy": (
+        "sketch",
+        "prank",
+        "standup",
+        "parody",
+        "funny",
+        "jokes",
+        "roast",
+        "improv",
+        "bloopers",
+        "satire",
+        "skit",
+        "laugh",
+    ),
+    "news": (
+        "breaking",
+        "report",
+        "election",
+        "economy",
+        "debate",
+        "headlines",
+        "policy",
+        "press",
+        "briefing",
+        "correspondent",
+        "summit",
+        "poll",
+    ),
+    "sports": (
+        "football",
+        "basketball",
+        "highlights",
+        "goal",
+        "match",
+        "tennis",
+        "soccer",
+        "playoffs",
+        "dunk",
+        "league",
+        "transfer",
+        "derby",
+    ),
+    "diy": (
+        "woodworking",
+        "repair",
+        "garden",
+        "renovation",
+        "crafts",
+        "tools",
+        "paint",
+        "furniture",
+        "restore",
+        "plumbing",
+        "organizing",
+        "workshop",
+    ),
+    "beauty": (
+        "makeup",
+        "skincare",
+        "hairstyle",
+        "nails",
+        "lipstick",
+        "glow",
+        "fashion",
+        "outfit",
+        "haul",
+        "palette",
+        "contour",
+        "serum",
+    ),
+    "animals": (
+        "dogs",
+        "cats",
+        "puppy",
+        "kitten",
+        "wildlife",
+        "rescue",
+        "birds",
+        "aquarium",
+        "horse",
+        "zoo",
+        "pets",
+        "parrot",
+    ),
+    "movies": (
+        "film",
+        "trailer",
+        "cinema",
+        "director",
+        "scene",
+        "oscars",
+        "sequel",
+        "boxoffice",
+        "screenplay",
+        "actor",
+        "blockbuster",
+        "premiere",
+    ),
+    "kids": (
+        "cartoon",
+        "nursery",
+        "alphabet",
+        "toys",
+        "colors",
+        "puzzle",
+        "crayons",
+        "abc",
+        "lullaby",
+        "playtime",
+        "dinosaur",
+        "rhymes",
+    ),
+    "cars": (
+        "engine",
+        "supercar",
+        "drift",
+        "motorsport",
+        "tuning",
+        "electric",
+        "racing",
+        "garage",
+        "offroad",
+        "turbo",
+        "dashcam",
+        "sedan",
+    ),
+    "finance": (
+        "stocks",
+        "investing",
+        "crypto",
+        "budget",
+        "savings",
+        "market",
+        "retirement",
+        "taxes",
+        "dividends",
+        "trading",
+        "inflation",
+        "mortgage",
+    ),
+    "art": (
+        "painting",
+        "drawing",
+        "sketching",
+        "watercolor",
+        "portrait",
+        "sculpture",
+        "canvas",
+        "illustration",
+        "anime",
+        "calligraphy",
+        "gallery",
+        "pottery",
+    ),
+    "asmr": (
+        "whisper",
+        "tapping",
+        "relaxing",
+        "sleep",
+        "tingles",
+        "triggers",
+        "soft",
+        "brushing",
+        "ambient",
+        "rain",
+        "roleplay",
+        "calm",
+    ),
+    "podcast": (
+        "talk",
+        "guests",
+        "conversation",
+        "mic",
+        "panel",
+        "opinions",
+        "chat",
+        "host",
+        "rant",
+        "deepdive",
+        "topics",
+        "weekly",
+    ),
+    "history": (
+        "ancient",
+        "empire",
+        "war",
+        "medieval",
+        "rome",
+        "castle",
+        "revolution",
+        "dynasty",
+        "pharaoh",
+        "archive",
+        "battle",
+        "vikings",
+    ),
+    "vlog": (
+        "daily",
+        "morning",
+        "family",
+        "apartment",
+        "weekend",
+        "grwm",
+        "diary",
+        "couple",
+        "college",
+        "moving",
+        "life",
+        "errands",
+    ),
+    "nature": (
+        "forest",
+        "mountains",
+        "ocean",
+        "waterfall",
+        "sunset",
+        "timelapse",
+        "landscape",
+        "river",
+        "volcano",
+        "glacier",
+        "desert",
+        "storm",
+    ),
 }
 _GENERIC_WORDS = (
-    "best", "new", "top", "how", "why", "my", "ultimate", "first", "full", "vs", "guide", "tips",
-    "epic", "honest", "official", "secret", "easy", "real", "crazy", "perfect",
+    "best",
+    "new",
+    "top",
+    "how",
+    "why",
+    "my",
+    "ultimate",
+    "first",
+    "full",
+    "vs",
+    "guide",
+    "tips",
+    "epic",
+    "honest",
+    "official",
+    "secret",
+    "easy",
+    "real",
+    "crazy",
+    "perfect",
 )
 _SYLLABLES = (
-    "ka", "lo", "mi", "ra", "zen", "vo", "ti", "na", "sha", "ko", "ru", "el", "an", "be", "do",
-    "fi", "ga", "hu", "ix", "jo", "ke", "li", "mo", "nu", "ox", "pa", "qui", "re", "si", "tu",
-    "ul", "ve", "wa", "xa", "yo", "zu",
+    "ka",
+    "lo",
+    "mi",
+    "ra",
+    "zen",
+    "vo",
+    "ti",
+    "na",
+    "sha",
+    "ko",
+    "ru",
+    "el",
+    "an",
+    "be",
+    "do",
+    "fi",
+    "ga",
+    "hu",
+    "ix",
+    "jo",
+    "ke",
+    "li",
+    "mo",
+    "nu",
+    "ox",
+    "pa",
+    "qui",
+    "re",
+    "si",
+    "tu",
+    "ul",
+    "ve",
+    "wa",
+    "xa",
+    "yo",
+    "zu",
 )
 #: Video formats: name, duration multiplier, share.
 _FORMATS = (
@@ -193,8 +532,16 @@ class PlatformKnobs:
             f"must be in [1, max_interests={self.max_interests}], got {self.min_interests}",
         )
         for name in (
-            "background_interest", "drift", "creator_focus", "second_category", "series_share",
-            "back_catalogue", "next_episode", "creator_binge", "same_category", "fresh_share",
+            "background_interest",
+            "drift",
+            "creator_focus",
+            "second_category",
+            "series_share",
+            "back_catalogue",
+            "next_episode",
+            "creator_binge",
+            "same_category",
+            "fresh_share",
         ):
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, f"{f}.{name}", f"must be in [0, 1], got {value}")
@@ -351,8 +698,9 @@ def generate_platform_with_truth(
 # --------------------------------------------------------------------------------------------
 
 
-def _category_words(num_categories: int, rng: np.random.Generator) -> tuple[tuple[str, ...],
-                                                                            np.ndarray]:
+def _category_words(
+    num_categories: int, rng: np.random.Generator
+) -> tuple[tuple[str, ...], np.ndarray]:
     """Category names and a ``[C, W]`` object array of their title words."""
     named = list(CATEGORY_WORDS.items())[:num_categories]
     width = len(named[0][1])
@@ -364,8 +712,11 @@ def _category_words(num_categories: int, rng: np.random.Generator) -> tuple[tupl
         syllables = np.array(_SYLLABLES, dtype=object)
         codes = rng.permutation(len(_SYLLABLES) ** 3)[: extra * width]
         digits = np.stack(
-            [codes // len(_SYLLABLES) ** 2, codes // len(_SYLLABLES) % len(_SYLLABLES),
-             codes % len(_SYLLABLES)]
+            [
+                codes // len(_SYLLABLES) ** 2,
+                codes // len(_SYLLABLES) % len(_SYLLABLES),
+                codes % len(_SYLLABLES),
+            ]
         )
         made = syllables[digits[0]] + syllables[digits[1]] + syllables[digits[2]]
         for i in range(extra):
@@ -533,7 +884,10 @@ class _Catalogue:
             series_name = word(series_category) + " " + word(series_category)
             episode_text = episode[series_rows].astype(str).astype(object)
             titles[series_rows] = (
-                series_name[series[series_rows]] + " ep " + episode_text + " | "
+                series_name[series[series_rows]]
+                + " ep "
+                + episode_text
+                + " | "
                 + creator_names[creator[series_rows]]
             )
 
@@ -645,9 +999,9 @@ class _Users:
         focus = 1.0 - knobs.background_interest
         drift = np.minimum(rng.uniform(0.0, 2.0 * knobs.drift, size=num_users), 0.9)
         weights_start = np.concatenate([strong, np.zeros((num_users, 1))], axis=1) * focus
-        weights_end = np.concatenate(
-            [strong * (1.0 - drift[:, None]), drift[:, None]], axis=1
-        ) * focus
+        weights_end = (
+            np.concatenate([strong * (1.0 - drift[:, None]), drift[:, None]], axis=1) * focus
+        )
 
         # Country and device: weakly tied to the top interest.
         top = categories[:, 0]
@@ -794,9 +1148,9 @@ class _RangeSampler:
         self._keys = (groups[self.order].astype(np.int64) << self._SHIFT) | relative[self.order]
         self._cumulative = np.concatenate([[0.0], np.cumsum(weights[self.order])])
 
-    def bounds(self, groups: np.ndarray, since: np.ndarray, until: np.ndarray) -> tuple[
-        np.ndarray, np.ndarray
-    ]:
+    def bounds(
+        self, groups: np.ndarray, since: np.ndarray, until: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Slice ``[lo, hi)`` of each group's videos uploaded in ``[since, until]``."""
         base = groups.astype(np.int64) << self._SHIFT
         limit = (1 << self._SHIFT) - 1
@@ -976,8 +1330,12 @@ def _simulate(
         kept_rows = np.flatnonzero(keep)
         videos = chosen[kept_rows]
         seen.add(keys[kept_rows])
-        for code, name in ((1, "next_episode"), (2, "creator"), (3, "same_category"),
-                           (4, "interest")):
+        for code, name in (
+            (1, "next_episode"),
+            (2, "creator"),
+            (3, "same_category"),
+            (4, "interest"),
+        ):
             counts[name] += int(np.sum(how[kept_rows] == code))
 
         # Engagement: interest in the video's categories, quality, device x duration, noise.
@@ -1019,6 +1377,7 @@ def _simulate(
         "watch": np.concatenate(out_watch) if out_watch else np.zeros(0, np.float32),
     }
     if counts["dropped"]:
-        logger.info("synthetic: %d draws found no unwatched video and were dropped",
-                    counts["dropped"])
+        logger.info(
+            "synthetic: %d draws found no unwatched video and were dropped", counts["dropped"]
+        )
     return events, counts
