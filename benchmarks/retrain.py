@@ -405,7 +405,8 @@ def warm(args: argparse.Namespace, out: Path) -> dict:
         root.mkdir(parents=True)
         dataset = load_dataset(latest)
         cutoff = int(dataset.interactions["timestamp"].max()) + 1
-        sources.append(("ml-latest-small", root, dataset, cutoff, 90.0))
+        # Its last 90 days hold 14 active users, below retrain.min_window_users; a year holds 60.
+        sources.append(("ml-latest-small", root, dataset, cutoff, 365.0))
     for name, root, dataset, cutoff, window_days in sources:
         from core.schema import Dataset
 
