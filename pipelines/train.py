@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from core.bundle import BundleStore, data_fingerprint
-from core.config import VidrecConfig
+from core.config import RankingConfig, RetrievalConfig, VidrecConfig
 from core.features import FeatureSpace, engagement_labels
 from core.schema import Dataset
 from core.splits import EvalCases, leave_one_out
@@ -119,6 +119,18 @@ def index_retriever(index: VideoIndex, features: FeatureSpace) -> Retriever:
     return retrieve
 
 
+def _optimizer_factory(
+    config: RetrievalConfig | RankingConfig,
+) -> functools.partial[Any]:
+    """`sparse_aware` (model -> optimizer) with one stage's learning rates."""
+    return functools.partial(
+        sparse_aware,
+        learning_rate=config.learning_rate,
+        sparse_rows=config.sparse_table_rows,
+        sparse_learning_rate=config.sparse_learning_rate,
+    )
+
+
 def train_stages(
     train: pd.DataFrame,
     validation: EvalCases,
@@ -155,12 +167,7 @@ def train_stages(
         strategy=strategy,
         initial_weights=initial_weights.get("retrieval"),
         consensus=consensus,
-        make_optimizer=functools.partial(
-            sparse_aware,
-            learning_rate=config.retrieval.learning_rate,
-            sparse_rows=config.retrieval.sparse_table_rows,
-            sparse_learning_rate=config.retrieval.sparse_learning_rate,
-        ),
+        make_optimizer=_optimizer_factory(config.retrieval),
     )
     seconds["train_retrieval"] = time.perf_counter() - started
 
@@ -206,12 +213,7 @@ def train_stages(
         strategy=strategy,
         initial_weights=initial_weights.get("ranking"),
         consensus=consensus,
-        make_optimizer=functools.partial(
-            sparse_aware,
-            learning_rate=config.ranking.learning_rate,
-            sparse_rows=config.ranking.sparse_table_rows,
-            sparse_learning_rate=config.ranking.sparse_learning_rate,
-        ),
+        make_optimizer=_optimizer_factory(config.ranking),
     )
     seconds["train_ranker"] = time.perf_counter() - started
     scores = {f"retrieval/{k}": v for k, v in retrieval.history.best.validation.items()}
