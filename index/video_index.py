@@ -637,6 +637,16 @@ class VideoIndex:
                 ids = labels[found]
                 if ids.min() >= 0:
                     return scores, ids
+        if nq == 1 and excluded and fetch >= k:
+            # One request (the serving path): filter the over-fetch with a handful of numpy
+            # calls; only a list the exclusions leave short goes through the general refill.
+            scores, found = self._index.search(q, fetch, params=params)
+            if found.min() >= 0:
+                ids = labels[found[0]]
+                kept = np.flatnonzero((ids >= 0) & ~_members(ids, excluded[0]))
+                if len(kept) >= k:
+                    kept = kept[:k]
+                    return scores[:, kept], ids[kept][None]
         out_ids = np.full((nq, k), -1, dtype=np.int64)
         out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
         rows = np.arange(nq)
@@ -1188,6 +1198,13 @@ def _check_ids(ids: Any, n: int | None, name: str, *, unique: bool = True) -> np
     return np.ascontiguousarray(out)
 
 
+def _members(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_set)`` for a sorted ``sorted_set``, a few times faster on
+    request-sized inputs (binary search instead of np.isin's sort or table)."""
+    position = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[position] == values
+
+
 def _check_exclude(exclude: Any, nq: int) -> list[np.ndarray] | None:
     if exclude is None:
         return None
@@ -1205,7 +1222,7 @@ def _check_exclude(exclude: Any, nq: int) -> list[np.ndarray] | None:
             continue
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
             raise DataError(f"exclude[{i}]: expected a 1-D list of integer video ids")
-        out.append(arr.astype(np.int64, copy=False))
+        out.append(np.sort(arr.astype(np.int64, copy=False)))
     return out if any(len(e) for e in out) else None
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from core.bundle import BundleStore
 from core.config import ServingConfig
@@ -113,13 +112,9 @@ class Recommender:
         self.engagement_weight = bundle.config.ranking.engagement_weight
         self.history_length = self.features.config.history_length
         self.ranker_history = bundle.config.ranking.history_length
-        query, score = retrieval.encoders.query_fn, self.ranker.score_fn
-        if config.compile_xla:
-            # Fixed shapes (one user, `candidates` slots) mean each compiles once.
-            query = tf.function(query, jit_compile=True)
-            score = tf.function(score, jit_compile=True)
-        self._query = query
-        self._score = score
+        # Fixed shapes (one user, `candidates` slots): each compiles once.
+        self._query = retrieval.encoders.request_query(config.compile_xla)
+        self._score = self.ranker.request_scorer(config.candidates, config.compile_xla)
         self._embed = retrieval.encoders.embed_features
         self._taken_down: set[int] = set()
         self._write_lock = threading.Lock()
@@ -283,7 +278,7 @@ class Recommender:
         embeddings = self.catalogue.embeddings
         query = self._query(
             embeddings[padded], user_row, self.features.user_attribute_matrix(user_row)
-        ).numpy()
+        )
         timer.mark("user_tower")
         scores, ids = self.index.search(query, config.candidates, exclude=[excluded])
         found = ids[0] >= 0
@@ -301,59 +296,62 @@ class Recommender:
         padded_scores = np.zeros(slots, dtype=np.float32)
         padded_scores[:found_count] = retrieval_scores
         h = self.ranker_history
-        history_rows = padded[:, -h:]
-        history_engagement = np.full((1, h), UNKNOWN_ENGAGEMENT, dtype=np.float32)
-        history_ages = np.zeros((1, h), dtype=np.float32)
+        history_rows = padded[0, -h:]
+        history_engagement = np.full(h, UNKNOWN_ENGAGEMENT, dtype=np.float32)
+        history_ages = np.zeros(h, dtype=np.float32)
         recent = min(len(rows), h)
         if recent:
-            history_engagement[0, h - recent :] = np.nan_to_num(
+            history_engagement[h - recent :] = np.nan_to_num(
                 engagement[-recent:], nan=UNKNOWN_ENGAGEMENT
             )
-            history_ages[0, h - recent :] = ages[-recent:]
-        inputs = self.ranker.inputs(
+            history_ages[h - recent :] = ages[-recent:]
+        out = self._score(
             history_rows,
             history_engagement,
             history_ages,
-            candidate_rows[None],
-            padded_scores[None],
+            candidate_rows,
+            padded_scores,
             self.features.user_attribute_matrix(user_row),
-            videos=self.catalogue.videos,
-            embeddings=embeddings,
+            self.catalogue.videos,
+            embeddings,
         )
-        out = {k: v.numpy()[0, :found_count] for k, v in self._score(inputs).items()}
+        out = {name: value[:found_count] for name, value in out.items()}
         timer.mark("ranker")
         blended = blend_scores(out["watch_logits"], out["engagement"], self.engagement_weight)
         order = self._diversify(blended, candidate_rows[:found_count], k)
         attention = out["attention"]
-        items = []
-        for position in order:
-            because: list[int] = []
-            if config.because:
-                weights = attention[position]
-                top = np.argsort(-weights)[: config.because]
-                because = [
-                    int(i)
-                    for i in self.catalogue.ids(history_rows[0, top][weights[top] > 0])
-                    if i >= 0
-                ]
-            items.append(
-                {
-                    "video_id": int(candidate_ids[position]),
-                    "score": float(blended[position]),
-                    "because": because,
-                }
-            )
+        because = self._because(attention[order], history_rows)
+        items = [
+            {
+                "video_id": int(candidate_ids[position]),
+                "score": float(blended[position]),
+                "because": named,
+            }
+            for position, named in zip(order, because, strict=True)
+        ]
         timer.mark("rerank")
         explained = None
         if explain:
-            shown = history_rows[0] >= FIRST_ID_ROW
+            shown = history_rows >= FIRST_ID_ROW
             explained = {
-                "history": self.catalogue.ids(history_rows[0][shown]).tolist(),
+                "history": self.catalogue.ids(history_rows[shown]).tolist(),
                 "weights": attention[order][:, shown].round(4).tolist(),
             }
         return Recommendation(
             items, self.bundle_id, "personalized", ignored, timer.marks, explained
         )
+
+    def _because(self, attention: np.ndarray, history_rows: np.ndarray) -> list[list[int]]:
+        """Per item, the watched ids it attends to most (``attention [items, H]``)."""
+        count = self.config.because
+        if count == 0:
+            return [[] for _ in range(len(attention))]
+        history_ids = self.catalogue.ids(history_rows)
+        top = np.argsort(-attention, axis=1, kind="stable")[:, :count]
+        named = np.where(
+            np.take_along_axis(attention, top, axis=1) > 0, history_ids[top], -1
+        ).tolist()
+        return [[video_id for video_id in row if video_id >= 0] for row in named]
 
     def _diversify(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[int]:
         """Positions of the returned candidates, best first, under the diversity rule."""

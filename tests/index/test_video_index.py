@@ -139,6 +139,11 @@ def test_exclusions_are_honoured(kind, saved, data):
         assert not np.isin(row, banned).any()
         assert (row >= 0).all()  # the over-fetch refilled every slot
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    # One query at a time (the serving path) answers exactly as the batch does.
+    for i in range(len(q)):
+        one_scores, one_ids = index.search(q[i : i + 1], 30, exclude=[exclude[i]])
+        np.testing.assert_array_equal(one_ids[0], ids[i])
+        np.testing.assert_allclose(one_scores[0], scores[i], rtol=0, atol=1e-6)
     if kind == "flat":
         _, truth = exact(data, q, 200)
         for row, t, banned in zip(ids, truth, exclude, strict=True):

@@ -153,6 +153,31 @@ def test_export_round_trip_gives_identical_scores(stages, tmp_path):
         np.testing.assert_allclose(after[key], before[key], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("compile_xla", [False, True])
+def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, compile_xla):
+    _, _, features, _, catalogue, _, validation, ranker = stages
+    ranker.scorer().save(tmp_path)
+    loaded = RankerScorer.load(tmp_path, features, catalogue, RANKING)
+    slots = validation.candidate_rows.shape[1]
+    request = loaded.request_scorer(slots, compile_xla)
+    batch = loaded.score_lists(validation.take(np.arange(4)))
+    for i in range(4):
+        out = request(
+            validation.history_rows[i],
+            validation.history_engagement[i],
+            validation.history_age_hours[i],
+            validation.candidate_rows[i],
+            validation.retrieval_scores[i],
+            validation.user_attributes[i : i + 1],
+            features.catalogue,
+            catalogue,
+        )
+        assert out["watch_logits"].shape == (slots,)
+        assert out["attention"].shape == (slots, HISTORY)
+        for key in ("watch_logits", "engagement", "attention"):
+            np.testing.assert_allclose(out[key], batch[key][i], rtol=0, atol=1e-5)
+
+
 def test_ranker_keeps_its_best_epoch(stages):
     *_, ranker = stages
     history = ranker.history

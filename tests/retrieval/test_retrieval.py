@@ -80,6 +80,20 @@ def test_export_round_trip_gives_identical_embeddings(trained, tmp_path):
         atol=1e-6,
     )
     assert loaded.dim == 16
+    # The request path's fixed-shape tower (compiled or not) gives the same query.
+    features = model.features
+    rows = features.video_vocab.lookup(np.asarray(histories[3], dtype=np.int64))
+    length = features.config.history_length
+    padded = np.zeros((1, length), dtype=np.int64)
+    kept = rows[-length:]
+    padded[0, length - len(kept) :] = kept
+    user_rows = features.user_rows(users[3:4])
+    attributes = features.user_attribute_matrix(user_rows)
+    expected = loaded.query_fn(catalogue[padded], user_rows, attributes).numpy()
+    for compile_xla in (False, True):
+        query = loaded.request_query(compile_xla)(catalogue[padded], user_rows, attributes)
+        assert query.shape == (1, 16) and query.dtype == np.float32
+        np.testing.assert_allclose(query, expected, rtol=0, atol=1e-5)
 
 
 def test_query_at_a_column_ignores_later_columns(trained):
