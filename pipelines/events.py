@@ -49,7 +49,34 @@ CREATE TABLE IF NOT EXISTS takedowns (
     video_id INTEGER PRIMARY KEY,
     removed_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS catalogue_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    video_id INTEGER NOT NULL,
+    change TEXT NOT NULL,
+    metadata TEXT
+);
 """
+
+UPSERT = "upsert"
+TAKEDOWN = "takedown"
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueChange:
+    """One upload, metadata update or takedown, in the order the store committed them.
+
+    Attributes:
+        seq: Position in the change log (increasing).
+        video_id: Raw video id.
+        change: `UPSERT` or `TAKEDOWN`.
+        metadata: The video's row for an upsert, None for a takedown.
+    """
+
+    seq: int
+    video_id: int
+    change: str
+    metadata: dict[str, Any] | None
+
 
 EVENT_KINDS: frozenset[str] = frozenset({"watch", "rating", "like", "skip"})
 
@@ -206,6 +233,7 @@ class EventStore:
 
     def upsert_video(self, video_id: int, metadata: dict[str, Any]) -> None:
         """Records an upload or metadata update (and lifts a takedown of the same id)."""
+        payload = json.dumps(metadata, sort_keys=True)
         connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -213,9 +241,13 @@ class EventStore:
                 "INSERT INTO videos (video_id, metadata, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(video_id) DO UPDATE SET metadata = excluded.metadata, "
                 "updated_at = excluded.updated_at",
-                (int(video_id), json.dumps(metadata, sort_keys=True), time.time()),
+                (int(video_id), payload, time.time()),
             )
             connection.execute("DELETE FROM takedowns WHERE video_id = ?", (int(video_id),))
+            connection.execute(
+                "INSERT INTO catalogue_changes (video_id, change, metadata) VALUES (?, ?, ?)",
+                (int(video_id), UPSERT, payload),
+            )
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -224,10 +256,45 @@ class EventStore:
     def take_down(self, video_id: int) -> None:
         """Records a takedown; the video is never served again until re-uploaded."""
         connection = self._connection()
-        connection.execute(
-            "INSERT OR REPLACE INTO takedowns (video_id, removed_at) VALUES (?, ?)",
-            (int(video_id), time.time()),
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(
+                "INSERT OR REPLACE INTO takedowns (video_id, removed_at) VALUES (?, ?)",
+                (int(video_id), time.time()),
+            )
+            connection.execute(
+                "INSERT INTO catalogue_changes (video_id, change) VALUES (?, ?)",
+                (int(video_id), TAKEDOWN),
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def catalogue_version(self) -> int:
+        """Sequence number of the newest catalogue change (0 when there is none).
+
+        Cheap (the log's primary key): every server process asks on every request, so an
+        upload or takedown made through any process is applied by all before their next answer.
+        """
+        row = self._connection().execute("SELECT MAX(seq) FROM catalogue_changes").fetchone()
+        return int(row[0] or 0)
+
+    def catalogue_changes_after(self, seq: int) -> list[CatalogueChange]:
+        """Catalogue changes committed after ``seq``, oldest first."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT seq, video_id, change, metadata FROM catalogue_changes WHERE seq > ? "
+                "ORDER BY seq",
+                (int(seq),),
+            )
+            .fetchall()
         )
+        return [
+            CatalogueChange(int(q), int(v), c, json.loads(m) if m is not None else None)
+            for q, v, c, m in rows
+        ]
 
     def uploaded_videos(self) -> list[dict[str, Any]]:
         """Metadata of every uploaded or updated video, oldest update first."""

@@ -30,7 +30,7 @@ from core.schema import validate_videos
 from core.vocab import FIRST_ID_ROW, OOV_ROW
 from pipelines.artifacts import LoadedBundle, load_bundle
 from pipelines.catalogue import LiveCatalogue
-from pipelines.events import EventStore, FeedbackEvent
+from pipelines.events import UPSERT, EventStore, FeedbackEvent
 from pipelines.ranking_data import UNKNOWN_ENGAGEMENT
 from pipelines.serving_state import ServingState
 from ranking.blend import blend_scores
@@ -117,7 +117,9 @@ class Recommender:
         self._score = self.ranker.request_scorer(config.candidates, config.compile_xla)
         self._embed = retrieval.encoders.embed_features
         self._taken_down: set[int] = set()
-        self._write_lock = threading.Lock()
+        self._catalogue_version = 0
+        # Re-entrant: a sync holds it while applying a run of changes.
+        self._write_lock = threading.RLock()
 
     @classmethod
     def from_bundle(
@@ -144,12 +146,16 @@ class Recommender:
 
     def replay_catalogue_changes(self) -> None:
         """Applies uploads and takedowns recorded in the event store to this bundle."""
+        # Read the log position first: a change committed while the tables are replayed is
+        # applied again by the next sync, which is harmless (both kinds are idempotent).
+        version = self.events.catalogue_version()
         uploads = self.events.uploaded_videos()
         if uploads:
-            self.upsert_videos(pd.DataFrame(uploads), record=False)
+            self._apply_upserts(validate_videos(pd.DataFrame(uploads), "uploaded videos"))
         taken_down = self.events.taken_down()
         if taken_down:
-            self.take_down(sorted(taken_down), record=False)
+            self._apply_takedowns(np.asarray(sorted(taken_down), dtype=np.int64))
+        self._catalogue_version = version
         logger.info(
             "bundle %s: replayed %d upload(s) and %d takedown(s)",
             self.bundle_id,
@@ -157,36 +163,69 @@ class Recommender:
             len(taken_down),
         )
 
-    def upsert_videos(self, videos: pd.DataFrame, record: bool = True) -> list[int]:
+    def sync_catalogue(self) -> None:
+        """Applies catalogue changes committed to the event store since the last sync.
+
+        Runs before every answer, so an upload or takedown made through any server process
+        (or the CLI) is in force for every process's next request.
+        """
+        if self.events.catalogue_version() <= self._catalogue_version:
+            return
+        with self._write_lock:
+            changes = self.events.catalogue_changes_after(self._catalogue_version)
+            start = 0
+            while start < len(changes):
+                kind = changes[start].change
+                end = start
+                while end < len(changes) and changes[end].change == kind:
+                    end += 1
+                run = changes[start:end]
+                if kind == UPSERT:
+                    frame = pd.DataFrame([change.metadata for change in run])
+                    self._apply_upserts(validate_videos(frame, "uploaded videos"))
+                else:
+                    self._apply_takedowns(np.asarray([c.video_id for c in run], dtype=np.int64))
+                self._catalogue_version = run[-1].seq
+                start = end
+
+    def upsert_videos(self, videos: pd.DataFrame) -> list[int]:
         """Adds or updates videos from their metadata; searchable when this returns.
+
+        The change is committed to the event store first (every server process applies it
+        from there), then applied here.
 
         Args:
             videos: Rows in the videos schema (validated here).
-            record: Store them in the event store (False when replaying).
 
         Returns:
             The ids added or updated.
         """
         table = validate_videos(videos, "uploaded videos")
+        for row in table.to_dict("records"):
+            self.events.upsert_video(int(row["video_id"]), _jsonable(row))
+        self.sync_catalogue()
+        return table["video_id"].to_numpy(np.int64).tolist()
+
+    def take_down(self, video_ids: Sequence[int]) -> int:
+        """Removes videos from every future answer; returns how many this index held."""
+        ids = np.asarray(video_ids, dtype=np.int64)
+        held = int(self.index.contains(ids).sum())
+        for video_id in ids:
+            self.events.take_down(int(video_id))
+        self.sync_catalogue()
+        return held
+
+    def _apply_upserts(self, table: pd.DataFrame) -> None:
         with self._write_lock:
-            if record:
-                for row in table.to_dict("records"):
-                    self.events.upsert_video(int(row["video_id"]), _jsonable(row))
             _, embeddings = self.catalogue.upsert(table, self._embed)
             ids = table["video_id"].to_numpy(np.int64)
             self.index.add(embeddings, ids)
             self._taken_down.difference_update(ids.tolist())
-        return ids.tolist()
 
-    def take_down(self, video_ids: Sequence[int], record: bool = True) -> int:
-        """Removes videos from every future answer; returns how many the index held."""
-        ids = np.asarray(video_ids, dtype=np.int64)
+    def _apply_takedowns(self, ids: np.ndarray) -> None:
         with self._write_lock:
-            if record:
-                for video_id in ids:
-                    self.events.take_down(int(video_id))
             self._taken_down.update(ids.tolist())
-            return self.index.remove(ids)
+            self.index.remove(ids)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -263,6 +302,7 @@ class Recommender:
             raise DataError(f"exclude has {len(exclude)} ids; at most {config.max_exclude}")
         now = time.time() if now is None else float(now)
         timer = _Timer()
+        self.sync_catalogue()
         rows, ages, engagement, watched_ids, ignored = self._history(user_id, history, now)
         timer.mark("history")
         excluded = np.unique(np.concatenate([watched_ids, np.asarray(exclude, dtype=np.int64)]))
@@ -420,6 +460,7 @@ class Recommender:
         k = self.config.default_k if k is None else int(k)
         if not 1 <= k <= self.config.max_k:
             raise DataError(f"k must be between 1 and {self.config.max_k}, got {k}")
+        self.sync_catalogue()
         row = int(self.catalogue.rows(np.array([video_id]))[0])
         if row == OOV_ROW or int(video_id) in self._taken_down:
             raise DataError(f"unknown video_id {video_id}")

@@ -122,6 +122,45 @@ def test_takedown_is_never_returned_and_upload_is_searchable(served):
     assert service.current.index.contains([10**9])[0]
 
 
+def test_catalogue_changes_reach_every_server_process(platform, served, tmp_path):
+    """Two services over one event store stand for two worker processes of `vidrec serve`."""
+    data, config, root, _ = platform
+    _, _, client, _ = served
+    other = RecommenderService(
+        root / "artifacts", EventStore(tmp_path / "events.db"), config.serving
+    )
+    other.reload()
+    user = _user_with_history(data)
+    top = other.current.recommend(user_id=user, k=10).items[0]["video_id"]
+    # The takedown goes through the first process; the second never returns the video again.
+    assert client.delete(f"/videos/{top}", headers={"X-API-Key": API_KEY}).status_code == 200
+    items = other.current.recommend(user_id=user, k=50).items
+    assert top not in {i["video_id"] for i in items}
+    assert not other.current.index.contains([top])[0]
+    # An upload through the first process is searchable in the second at once.
+    twin = data.videos.iloc[3]
+    new = {
+        "video_id": 10**9 + 1,
+        "title": twin["title"],
+        "categories": list(twin["categories"]),
+        "duration": float(twin["duration"]),
+        "creator": twin["creator"],
+    }
+    assert client.post("/videos", json=new, headers={"X-API-Key": API_KEY}).status_code == 200
+    assert len(other.current.similar(10**9 + 1, k=5)) == 5
+    # Re-uploading lifts the takedown everywhere, in the order the store committed the changes.
+    restored = data.videos[data.videos["video_id"] == top].iloc[0]
+    again = {
+        "video_id": top,
+        "title": restored["title"],
+        "categories": list(restored["categories"]),
+        "creator": restored["creator"],
+    }
+    assert client.post("/videos", json=again, headers={"X-API-Key": API_KEY}).status_code == 200
+    other.current.similar(10**9 + 1, k=1)  # any request syncs
+    assert other.current.index.contains([top])[0]
+
+
 def test_bad_requests_are_clear_4xx(served):
     _, _, client, _ = served
     cases = [
