@@ -511,6 +511,10 @@ class ServingConfig:
             (fewer, fused kernels: about 2x faster per call on a CPU).
         tf_threads: TensorFlow intra- and inter-op threads of ``vidrec serve`` (1 suits small
             per-request ops; parallelism comes from concurrent requests).
+        workers: Server processes of ``vidrec serve`` sharing its port (one per core is the
+            usual choice: a request holds the GIL for most of its few milliseconds). Each loads
+            its own copy of the bundle and polls ``CURRENT`` itself; uploads and takedowns
+            reach every worker through the event store.
     """
 
     candidates: int = 300
@@ -531,9 +535,11 @@ class ServingConfig:
     events_synchronous: str = "FULL"
     compile_xla: bool = True
     tf_threads: int = 1
+    workers: int = 1
 
     def __post_init__(self) -> None:
         f = "serving"
+        require(self.workers >= 1, f"{f}.workers", f"must be >= 1, got {self.workers}")
         require(self.tf_threads >= 1, f"{f}.tf_threads", f"must be >= 1, got {self.tf_threads}")
         require(self.candidates >= 1, f"{f}.candidates", f"must be >= 1, got {self.candidates}")
         require(self.max_k >= 1, f"{f}.max_k", f"must be >= 1, got {self.max_k}")

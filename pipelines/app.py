@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -97,16 +99,32 @@ class _Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Under several workers each reports its own bundle (labelled with its pid).
         self.bundle = Gauge(
             "vidrec_bundle_info",
             "Serving bundle (value 1)",
             ["bundle_id"],
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
-        self.swaps = Gauge("vidrec_bundle_swaps", "Bundles swapped in", registry=self.registry)
+        self.swaps = Gauge(
+            "vidrec_bundle_swaps",
+            "Bundles swapped in",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
         self.feedback = Counter(
             "vidrec_feedback_events", "Feedback events stored", registry=self.registry
         )
+
+    def exposition(self) -> bytes:
+        """Prometheus text of this process, or of every worker under ``vidrec serve
+        --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` is set)."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 class BodyLimit:
@@ -192,10 +210,17 @@ def create_app(service: RecommenderService, config: ServingConfig, api_key: str 
         if api_key and not (given and hmac.compare_digest(given, api_key)):
             raise PermissionError("missing or wrong X-API-Key")
 
+    reported: list[str] = []
+
     def refresh_bundle_metrics() -> None:
-        metrics.bundle.clear()
+        # Set the old label to 0 rather than clearing it: multiprocess metric files keep
+        # every label a worker ever wrote.
+        for bundle_id in reported:
+            metrics.bundle.labels(bundle_id=bundle_id).set(0)
+        reported.clear()
         if service.ready:
-            metrics.bundle.labels(bundle_id=service.current.bundle_id).set(1)
+            reported.append(service.current.bundle_id)
+            metrics.bundle.labels(bundle_id=reported[0]).set(1)
         metrics.swaps.set(service.swaps)
 
     @app.middleware("http")
@@ -301,6 +326,7 @@ def create_app(service: RecommenderService, config: ServingConfig, api_key: str 
                 "status": "ready",
                 "bundle_id": service.current.bundle_id,
                 "last_refused": service.last_error,
+                "worker": os.getpid(),
             }
         )
 
@@ -309,7 +335,7 @@ def create_app(service: RecommenderService, config: ServingConfig, api_key: str 
         """Prometheus text exposition."""
         refresh_bundle_metrics()
         return PlainTextResponse(
-            generate_latest(metrics.registry).decode(),
+            metrics.exposition().decode(),
             media_type="text/plain; version=0.0.4",
         )
 

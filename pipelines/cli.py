@@ -270,51 +270,103 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+SERVE_SPEC_ENV = "VIDREC_SERVE_SPEC"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _serving_app(artifacts: str, events_path: str, serving: Any) -> tuple[Any, str]:
+    """Loads the published bundle behind the HTTP app; returns the app and the bundle id."""
     import os
 
     import tensorflow as tf
-    import uvicorn
 
-    from core.config import ServingConfig
     from pipelines.app import create_app, start_polling
     from pipelines.events import EventStore
     from pipelines.serve import RecommenderService
 
-    config = load_config(args.config, {})
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    serving = ServingConfig(**{**dataclasses.asdict(config.serving), **overrides})
     tf.config.threading.set_intra_op_parallelism_threads(serving.tf_threads)
     tf.config.threading.set_inter_op_parallelism_threads(serving.tf_threads)
-    events_path = Path(args.events or Path(args.artifacts) / "events.db")
     events = EventStore(events_path, synchronous=serving.events_synchronous)
-    service = RecommenderService(args.artifacts, events, serving)
+    service = RecommenderService(artifacts, events, serving)
     service.reload()
-    stop = None
     if serving.reload_poll_seconds:
-        stop = start_polling(service, serving.reload_poll_seconds)
+        start_polling(service, serving.reload_poll_seconds)  # a daemon thread; ends with us
     api_key = os.environ.get(serving.api_key_env) or None
-    if api_key is None and serving.host not in ("127.0.0.1", "localhost", "::1"):
+    return create_app(service, serving, api_key), service.current.bundle_id
+
+
+def worker_app() -> Any:
+    """The app of one ``vidrec serve --workers N`` process (a uvicorn factory).
+
+    uvicorn starts each worker in a fresh interpreter; `cmd_serve` hands the settings over in
+    the ``VIDREC_SERVE_SPEC`` environment variable.
+    """
+    import os
+
+    from core.config import ServingConfig
+
+    _process_environment()
+    spec = json.loads(os.environ[SERVE_SPEC_ENV])
+    _configure_logging(spec["verbose"])
+    serving = config_from_dict(ServingConfig, spec["serving"], "serving")
+    app, bundle_id = _serving_app(spec["artifacts"], spec["events"], serving)
+    logger.info("worker %d serving bundle %s", os.getpid(), bundle_id)
+    return app
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from core.config import ServingConfig
+
+    config = load_config(args.config, {})
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+        if v is not None
+    }
+    serving = ServingConfig(**{**dataclasses.asdict(config.serving), **overrides})
+    events_path = str(args.events or Path(args.artifacts) / "events.db")
+    if not os.environ.get(serving.api_key_env) and serving.host not in LOOPBACK:
         logger.warning(
             "write endpoints are open on %s: set %s to require an API key",
             serving.host,
             serving.api_key_env,
         )
-    app = create_app(service, serving, api_key)
-    print(f"serving bundle {service.current.bundle_id} on http://{serving.host}:{serving.port}")
+    server = {
+        "host": serving.host,
+        "port": serving.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_level": "warning",
+    }
+    if serving.workers == 1:
+        app, bundle_id = _serving_app(args.artifacts, events_path, serving)
+        print(f"serving bundle {bundle_id} on http://{serving.host}:{serving.port}")
+        uvicorn.run(app, **server)
+        return EXIT_OK
+    os.environ[SERVE_SPEC_ENV] = json.dumps(
+        {
+            "artifacts": str(args.artifacts),
+            "events": events_path,
+            "serving": dataclasses.asdict(serving),
+            "verbose": bool(args.verbose),
+        }
+    )
+    # Each worker counts its own requests; /metrics, answered by any one of them, sums the
+    # files they all write here.
+    metrics_dir = tempfile.mkdtemp(prefix="vidrec-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    print(f"serving on http://{serving.host}:{serving.port} with {serving.workers} workers")
     try:
-        uvicorn.run(
-            app,
-            host=serving.host,
-            port=serving.port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-        )
+        uvicorn.run("pipelines.cli:worker_app", factory=True, workers=serving.workers, **server)
     finally:
-        if stop is not None:
-            stop.set()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return EXIT_OK
 
 
@@ -439,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="serving.host (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="serving.port (default 8000)")
     serve.add_argument("--events", help="event store path (default <artifacts>/events.db)")
+    serve.add_argument("--workers", type=int, help="serving.workers: server processes (default 1)")
     serve.set_defaults(handler=cmd_serve)
 
     demo = commands.add_parser("demo", help="generate, train, evaluate, recommend")

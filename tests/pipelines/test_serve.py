@@ -1,7 +1,17 @@
 """The serving orchestrator and its HTTP API, on a tiny trained bundle, through real HTTP."""
 
 import json
+import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,3 +276,90 @@ def test_corrupted_bundle_is_refused_while_the_old_one_serves(platform, served, 
 def test_serving_config_is_validated():
     with pytest.raises(Exception, match=r"serving.diversity: must be one of"):
         ServingConfig(diversity="random")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        raw, status = error.read(), error.code
+    text = raw.decode()
+    return status, json.loads(text) if text.startswith(("{", "[")) else text
+
+
+def test_two_worker_processes_share_the_port_and_the_catalogue(platform, tmp_path):
+    data, _, root, bundle_id = platform
+    port = _free_port()
+    settings = tmp_path / "config.json"
+    settings.write_text(json.dumps({"serving": {"max_body_bytes": 4096}}))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "serve",
+            "--artifacts",
+            str(root / "artifacts"),
+            "--events",
+            str(tmp_path / "events.db"),
+            "--config",
+            str(settings),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env={**os.environ, "VIDREC_API_KEY": API_KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        workers: set[int] = set()
+        deadline = time.time() + 300
+        while len(workers) < 2 and time.time() < deadline:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                status, ready = _call(port, "GET", "/readyz")
+            except OSError:
+                time.sleep(0.5)
+                continue
+            if status == 200:
+                assert ready["bundle_id"] == bundle_id
+                workers.add(ready["worker"])
+        assert len(workers) == 2, "both workers should answer /readyz"
+        user = _user_with_history(data)
+        _, first = _call(port, "POST", "/recommend", {"user_id": user, "k": 10})
+        top = first["items"][0]["video_id"]
+        assert _call(port, "DELETE", f"/videos/{top}")[0] == 200
+        # Connections land on either worker: none may return the video again.
+        for _ in range(20):
+            status, answer = _call(port, "POST", "/recommend", {"user_id": user, "k": 50})
+            assert status == 200
+            assert top not in {i["video_id"] for i in answer["items"]}
+        status, text = _call(port, "GET", "/metrics")
+        assert status == 200
+        counted = re.search(
+            r'vidrec_requests_total\{endpoint="/recommend",status="200"\} (\d+\.\d+)', text
+        )
+        assert counted is not None and float(counted.group(1)) == 21.0  # summed over workers
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
