@@ -209,15 +209,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(port: int, timeout: float) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError("server did not become ready")
+def _readyz(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def _wait_workers(port: int, workers: int, bundle_id: str | None, timeout: float) -> dict:
+    """Seconds until each of ``workers`` processes reports ``bundle_id`` (any id if None)."""
+    started = time.time()
+    seen: dict[int, float] = {}
+    while len(seen) < workers and time.time() - started < timeout:
+        ready = _readyz(port)
+        if (
+            ready
+            and ready.get("status") == "ready"
+            and (bundle_id is None or ready["bundle_id"] == bundle_id)
+        ):
+            seen.setdefault(ready["worker"], round(time.time() - started, 1))
+        time.sleep(0.2)
+    return seen
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (the uvicorn workers)."""
+    total = 0.0
+    for candidate in [pid, *_children(pid)]:
+        status = Path(f"/proc/{candidate}/status")
+        if status.exists():
+            match = re.search(r"VmRSS:\s+(\d+) kB", status.read_text())
+            total += int(match.group(1)) / 1024 if match else 0.0
+    return round(total, 1)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = task / "children"
+        if children.exists():
+            out += [int(c) for c in children.read_text().split()]
+    return out + [g for c in out for g in _children(c)]
 
 
 def _wrk(port: int, seconds: int, users: np.ndarray, connections: int) -> dict[str, object]:
@@ -282,7 +315,15 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
     port = _free_port()
     config = Path(tempfile.mkdtemp()) / "config.json"
     config.write_text(
-        json.dumps({"serving": {"candidates": args.candidates, "reload_poll_seconds": 1.0}})
+        json.dumps(
+            {
+                "serving": {
+                    "candidates": args.candidates,
+                    "reload_poll_seconds": 1.0,
+                    "workers": args.workers,
+                }
+            }
+        )
     )
     events = Path(tempfile.mkdtemp()) / "events.db"
     server = subprocess.Popen(
@@ -302,32 +343,45 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    before = store.current_id()
     try:
-        _wait_ready(port, timeout=600)
-        _wrk(port, 5, users, args.connections)  # warm up
-        sustained = _wrk(port, args.http_seconds, users, args.connections)
-        print("sustained:", sustained, flush=True)
-        before = store.current_id()
+        if len(_wait_workers(port, args.workers, before, timeout=900)) < args.workers:
+            raise RuntimeError(f"{args.workers} workers did not all become ready")
+        _wrk(port, 5, users, args.connections[0])  # warm up
+        sustained = []
+        for connections in args.connections:
+            run = _wrk(port, args.http_seconds, users, connections)
+            print("sustained:", run, flush=True)
+            sustained.append(run)
+        rss_mb = _rss_mb(server.pid)
         copy_id = _republish(store, before)
+        swapped: dict[int, float] = {}
 
-        def publish_later() -> None:
-            time.sleep(args.swap_seconds / 3)
+        def publish_and_watch() -> None:
+            time.sleep(5)
             store.publish(copy_id)
+            swapped.update(_wait_workers(port, args.workers, copy_id, args.swap_seconds - 5))
 
-        publisher = threading.Thread(target=publish_later)
-        publisher.start()
-        swap = _wrk(port, args.swap_seconds, users, args.connections)
-        publisher.join()
-        after = _wait_ready(port, timeout=60)
-        swap["before"], swap["after"] = before, after.get("bundle_id")
-        swap["swapped"] = after.get("bundle_id") == copy_id
+        watcher = threading.Thread(target=publish_and_watch)
+        watcher.start()
+        swap = _wrk(port, args.swap_seconds, users, args.connections[0])
+        watcher.join()
+        swap["before"], swap["after"] = before, copy_id
+        swap["workers_swapped"] = len(swapped)
+        swap["swap_seconds_after_publish"] = sorted(swapped.values())
+        swap["swapped"] = len(swapped) == args.workers
         print("hot swap:", swap, flush=True)
         store.publish(before)
-        return {"sustained": sustained, "hot_swap": swap}
+        return {
+            "workers": args.workers,
+            "rss_mb": rss_mb,
+            "sustained": sustained,
+            "hot_swap": swap,
+        }
     finally:
         server.send_signal(signal.SIGINT)
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
 
@@ -370,15 +424,26 @@ def markdown(result: dict) -> str:
     ]
     web = result.get("http", {})
     if "sustained" in web:
-        s, h = web["sustained"], web["hot_swap"]
+        h = web["hot_swap"]
         lines += [
             "",
-            "| HTTP on loopback (wrk) | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
+            f"HTTP on loopback (wrk, `vidrec serve` with {web['workers']} workers, "
+            f"{web['rss_mb']:,.0f} MB resident in all):",
+            "",
+            "| run | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
             "|---|---|---|---|---|---|",
-            f"| sustained {s['seconds']} s, {s['connections']} connections | {s['req_per_s']} | "
-            f"{s['p50_ms']} | {s['p99_ms']} | {s['non_2xx']} | {s['socket_errors']} |",
-            f"| hot swap {h['before']} -> {h['after']} | {h['req_per_s']} | {h['p50_ms']} | "
+            *(
+                f"| sustained {s['seconds']} s, {s['connections']} connections | "
+                f"{s['req_per_s']} | {s['p50_ms']} | {s['p99_ms']} | {s['non_2xx']} | "
+                f"{s['socket_errors']} |"
+                for s in web["sustained"]
+            ),
+            f"| hot swap {h['before']} -> {h['after']}, {h['seconds']} s, "
+            f"{h['connections']} connections | {h['req_per_s']} | {h['p50_ms']} | "
             f"{h['p99_ms']} | {h['non_2xx']} | {h['socket_errors']} |",
+            "",
+            f"Hot swap: {h['workers_swapped']} of {web['workers']} workers serving the new "
+            f"bundle, at {h['swap_seconds_after_publish']} s after it was published.",
         ]
     elif web:
         lines += ["", f"HTTP: {web}"]
@@ -395,8 +460,20 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2_000)
     parser.add_argument("--naive-requests", type=int, default=100)
     parser.add_argument("--http-seconds", type=int, default=60)
-    parser.add_argument("--swap-seconds", type=int, default=30)
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--swap-seconds", type=int, default=90, help="load during the hot swap (published at 5 s)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[4, 8],
+        help="wrk connections per sustained run; the first also loads the hot swap",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="serving.workers")
+    parser.add_argument(
+        "--skip-in-process", action="store_true", help="only the HTTP part (bundle must exist)"
+    )
     parser.add_argument("--out", default=str(REPO / "artifacts" / "bench" / "serving"))
     parser.add_argument(
         "--build-only", action="store_true", help="make the bundle and stop (measure later)"
@@ -411,7 +488,12 @@ def main() -> int:
     build_bundle(args, root)
     if args.build_only:
         return 0
-    result = {"in_process": in_process(args, root)}
+    result: dict[str, object] = {}
+    previous = out / "serving.json"
+    if args.skip_in_process and previous.exists():
+        result["in_process"] = json.loads(previous.read_text())["in_process"]
+    else:
+        result["in_process"] = in_process(args, root)
     print(json.dumps(result["in_process"], indent=2), flush=True)
     result["http"] = http(args, root)
     from core.io import atomic_write_json, atomic_write_text

@@ -12,12 +12,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, ConfigDict, Field
@@ -127,6 +127,36 @@ class _Metrics:
         return generate_latest(registry)
 
 
+class Instrumented:
+    """Counts requests by route and status and times them (a plain ASGI wrapper: Starlette's
+    ``@app.middleware`` costs a task and a queue per request)."""
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            endpoint = route.path if route is not None else "unknown"
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+
+
 class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413, declared length or streamed."""
 
@@ -223,15 +253,6 @@ def create_app(service: RecommenderService, config: ServingConfig, api_key: str 
             metrics.bundle.labels(bundle_id=reported[0]).set(1)
         metrics.swaps.set(service.swaps)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.scope.get("route").path if request.scope.get("route") else "unknown"
-        metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
-        return response
-
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": _validation_message(error)}, status_code=422)
@@ -252,8 +273,8 @@ def create_app(service: RecommenderService, config: ServingConfig, api_key: str 
     async def refused(_: Request, error: VidrecError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=400)
 
-    @app.post("/recommend")
-    def recommend(body: RecommendRequest) -> dict[str, Any]:
+    @app.post("/recommend", response_model=None)
+    def recommend(body: RecommendRequest) -> Response:
         """Recommendations for a user id, an anonymous history, or a cold-start visitor."""
         result = service.current.recommend(
             user_id=body.user_id,
@@ -264,7 +285,8 @@ def create_app(service: RecommenderService, config: ServingConfig, api_key: str 
         )
         for stage, ms in result.timings_ms.items():
             metrics.stages.labels(stage=stage).observe(ms / 1e3)
-        return result.as_dict()
+        # Serialised here with orjson: FastAPI's generic encoder cost more than the ranker.
+        return Response(orjson.dumps(result.as_dict()), media_type="application/json")
 
     @app.get("/similar")
     def similar(
@@ -345,7 +367,7 @@ def create_app(service: RecommenderService, config: ServingConfig, api_key: str 
         require_key(x_api_key)
         return {"bundle_id": service.reload()}
 
-    return BodyLimit(app, config.max_body_bytes)  # type: ignore[return-value]
+    return Instrumented(BodyLimit(app, config.max_body_bytes), metrics)  # type: ignore[return-value]
 
 
 def start_polling(service: RecommenderService, seconds: float) -> threading.Event:

@@ -64,7 +64,8 @@ class Recommendation:
     attention: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a JSON-able dict (shallow: the values are plain already)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
 class _Timer:
