@@ -17,6 +17,23 @@ def test_vocabulary_lookup_oov_and_reverse():
     assert vocab.lookup(np.array([[10], [99]])).shape == (2, 1)
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([7, 0, 3, 12, 5]),  # compact: direct table
+        np.array([10**15, -4, 3, 2**40, 99]),  # sparse and negative: sorted index
+    ],
+)
+def test_vocabulary_lookup_is_the_same_whatever_the_id_layout(ids):
+    vocab = IdVocabulary(ids)
+    expected_rows = {int(i): r + FIRST_ID_ROW for r, i in enumerate(ids)}
+    probes = np.array([[*ids.tolist(), -1, 1, 6, 13, 10**6, -(2**62), 2**62]])
+    expected = [[expected_rows.get(int(p), OOV_ROW) for p in probes[0]]]
+    np.testing.assert_array_equal(vocab.lookup(probes), expected)
+    assert vocab.lookup(probes).dtype == np.int64
+    np.testing.assert_array_equal(vocab.id_of(vocab.lookup(ids)), ids)
+
+
 def test_vocabulary_grows_without_moving_rows(tmp_path):
     vocab = IdVocabulary([5, 6])
     grown = vocab.grow([6, 8, 7, 8])
