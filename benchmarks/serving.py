@@ -109,31 +109,42 @@ def in_process(args: argparse.Namespace, root: Path) -> dict[str, object]:
     from pipelines.events import EventStore
     from pipelines.serve import RecommenderService
 
-    config = ServingConfig(candidates=args.candidates)
-    service = RecommenderService(
-        root / "artifacts", EventStore(Path(tempfile.mkdtemp()) / "events.db"), config
-    )
-    started = time.perf_counter()
-    service.reload()
-    load_seconds = time.perf_counter() - started
-    recommender = service.current
+    def load(runtime: str) -> tuple[object, float]:
+        config = ServingConfig(candidates=args.candidates, request_runtime=runtime)
+        service = RecommenderService(
+            root / "artifacts", EventStore(Path(tempfile.mkdtemp()) / "events.db"), config
+        )
+        started = time.perf_counter()
+        service.reload()
+        return service.current, time.perf_counter() - started
+
+    def measure(recommender, users: np.ndarray) -> tuple[dict, dict[str, list[float]]]:
+        for user in users[:50]:
+            recommender.recommend(user_id=int(user), now=now)
+        total, stages = [], {}
+        for user in users:
+            t = time.perf_counter()
+            result = recommender.recommend(user_id=int(user), now=now)
+            total.append((time.perf_counter() - t) * 1e3)
+            for stage, ms in result.timings_ms.items():
+                stages.setdefault(stage, []).append(ms)
+        return _percentiles(total), stages
+
+    recommender, load_seconds = load(args.runtime)
     state = recommender.state
     lengths = np.diff(state.history_indptr)
     users = state.history_user_ids[lengths >= recommender.history_length]
     rng = np.random.default_rng(0)
     users = rng.choice(users, size=min(args.requests, len(users)), replace=False)
     now = state.data_until
-    for user in users[:50]:
-        recommender.recommend(user_id=int(user), now=now)
-    total, stages = [], {}
-    for user in users:
-        t = time.perf_counter()
-        result = recommender.recommend(user_id=int(user), now=now)
-        total.append((time.perf_counter() - t) * 1e3)
-        for stage, ms in result.timings_ms.items():
-            stages.setdefault(stage, []).append(ms)
-    fast = _percentiles(total)
+    fast, stages = measure(recommender, users)
     naive = naive_pipeline(recommender, users[: args.naive_requests], now)
+    others = {}
+    for runtime in args.compare_runtimes:
+        if runtime != args.runtime:
+            other, _ = load(runtime)
+            others[runtime] = measure(other, users)[0]
+            del other
     store = BundleStore(root / "artifacts")
     return {
         "bundle": store.current_id(),
@@ -141,12 +152,14 @@ def in_process(args: argparse.Namespace, root: Path) -> dict[str, object]:
         "index": recommender.index.kind,
         "candidates": args.candidates,
         "history_length": recommender.history_length,
+        "runtime": args.runtime,
         "load_seconds": round(load_seconds, 1),
         "recommend": fast,
         "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
         "stages_p99_ms": {k: round(float(np.percentile(v, 99)), 3) for k, v in stages.items()},
         "naive": naive,
         "speedup_p50": round(naive["p50_ms"] / fast["p50_ms"], 1),
+        "other_runtimes": others,
     }
 
 
@@ -321,6 +334,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
                     "candidates": args.candidates,
                     "reload_poll_seconds": 1.0,
                     "workers": args.workers,
+                    "request_runtime": args.runtime,
                 }
             }
         )
@@ -411,8 +425,13 @@ def markdown(result: dict) -> str:
         "",
         "| pipeline | p50 ms | p99 ms | requests |",
         "|---|---|---|---|",
-        f"| vidrec (tf.function + XLA, Faiss) | {fast['recommend']['p50_ms']} | "
+        f"| vidrec ({fast['runtime']} request functions, Faiss) | {fast['recommend']['p50_ms']} | "
         f"{fast['recommend']['p99_ms']} | {fast['recommend']['n']} |",
+        *(
+            f"| vidrec ({runtime} request functions, Faiss) | {other['p50_ms']} | "
+            f"{other['p99_ms']} | {other['n']} |"
+            for runtime, other in fast.get("other_runtimes", {}).items()
+        ),
         f"| naive (model.predict, exact search) | {fast['naive']['p50_ms']} | "
         f"{fast['naive']['p99_ms']} | {fast['naive']['n']} |",
         "",
@@ -471,6 +490,15 @@ def main() -> int:
         help="wrk connections per sustained run; the first also loads the hot swap",
     )
     parser.add_argument("--workers", type=int, default=2, help="serving.workers")
+    parser.add_argument(
+        "--runtime", default="litert", help="serving.request_runtime of the measured path"
+    )
+    parser.add_argument(
+        "--compare-runtimes",
+        nargs="*",
+        default=["xla"],
+        help="request runtimes also measured in-process on the same users",
+    )
     parser.add_argument(
         "--skip-in-process", action="store_true", help="only the HTTP part (bundle must exist)"
     )

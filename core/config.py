@@ -8,11 +8,14 @@ JSON (``config.json`` in a bundle), refusing unknown keys so that typos do not p
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from typing import Any, TypeVar
 
 from core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -507,8 +510,10 @@ class ServingConfig:
         api_key_env: Environment variable holding the API key for write endpoints; when it is
             unset or empty, write endpoints are open (bind to loopback then).
         events_synchronous: SQLite ``synchronous`` of the event store (``FULL`` or ``NORMAL``).
-        compile_xla: Compile the user tower and the ranker with XLA for the request path
-            (fewer, fused kernels: about 2x faster per call on a CPU).
+        request_runtime: How the request path runs the user tower and the ranker:
+            ``"litert"`` (converted when the bundle loads; the fastest on a CPU), ``"xla"``
+            (XLA-compiled TensorFlow) or ``"graph"`` (plain TensorFlow). See
+            `pipelines.request_functions`.
         tf_threads: TensorFlow intra- and inter-op threads of ``vidrec serve`` (1 suits small
             per-request ops; parallelism comes from concurrent requests).
         workers: Server processes of ``vidrec serve`` sharing its port (one per core is the
@@ -533,13 +538,19 @@ class ServingConfig:
     port: int = 8000
     api_key_env: str = "VIDREC_API_KEY"
     events_synchronous: str = "FULL"
-    compile_xla: bool = True
+    request_runtime: str = "litert"
     tf_threads: int = 1
     workers: int = 1
 
     def __post_init__(self) -> None:
         f = "serving"
         require(self.workers >= 1, f"{f}.workers", f"must be >= 1, got {self.workers}")
+        runtimes = ("litert", "xla", "graph")
+        require(
+            self.request_runtime in runtimes,
+            f"{f}.request_runtime",
+            f"must be one of {list(runtimes)}, got {self.request_runtime!r}",
+        )
         require(self.tf_threads >= 1, f"{f}.tf_threads", f"must be >= 1, got {self.tf_threads}")
         require(self.candidates >= 1, f"{f}.candidates", f"must be >= 1, got {self.candidates}")
         require(self.max_k >= 1, f"{f}.max_k", f"must be >= 1, got {self.max_k}")
@@ -648,6 +659,12 @@ class VidrecConfig:
         )
 
 
+# Keys that configs written by earlier versions (every bundle's config.json) may still hold.
+RETIRED_KEYS: dict[str, dict[str, str]] = {
+    "serving": {"compile_xla": "replaced by serving.request_runtime"},
+}
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain JSON-able dict of a (nested) config dataclass; tuples become lists."""
     return dataclasses.asdict(config)
@@ -664,6 +681,10 @@ def config_from_dict(cls: type[T], payload: dict[str, Any], path: str = "") -> T
             f"{path or cls.__name__}: expected an object, got {type(payload).__name__}"
         )
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in sorted(set(payload) & set(RETIRED_KEYS.get(path, {}))):
+        # Bundles written before the key was retired still load; new configs may not use it.
+        logger.info("%s.%s is no longer used: %s", path, key, RETIRED_KEYS[path][key])
+        payload = {k: v for k, v in payload.items() if k != key}
     unknown = sorted(set(payload) - set(fields))
     if unknown:
         raise ConfigError(

@@ -74,122 +74,6 @@ class RankerModule(tf.Module):
         )
 
 
-class RequestScorer:
-    """The ranker for one request at a fixed shape, compiled once, numpy in and out.
-
-    A `tf.function` call costs about 15 us of Python per input tensor before any kernel runs,
-    so the request path sends five packed tensors (integer video fields, float video fields,
-    history context, retrieval scores, user attributes) instead of the fourteen of
-    `input_signature`; they are unpacked inside the compiled graph. The concrete function is
-    taken once so that a call skips tracing-cache dispatch.
-
-    Args:
-        score_fn: The ranker's scoring function (signature of `input_signature`).
-        history_length: ``H``, history slots.
-        num_candidates: ``N``, candidate slots; shorter lists are padded by the caller.
-        dim: Retrieval embedding width.
-        max_categories: Category slots per video.
-        num_attributes: User attribute columns.
-        compile_xla: Compile with XLA (fused kernels; about 2x faster on a CPU).
-    """
-
-    def __init__(
-        self,
-        score_fn: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]],
-        history_length: int,
-        num_candidates: int,
-        dim: int,
-        max_categories: int,
-        num_attributes: int,
-        compile_xla: bool,
-    ) -> None:
-        self.history_length = history_length
-        self.num_candidates = num_candidates
-        self.dim = dim
-        slots = history_length + num_candidates
-        numeric = len(NUMERIC_FEATURES)
-
-        def packed(
-            video_ints: tf.Tensor,
-            video_floats: tf.Tensor,
-            history_context: tf.Tensor,
-            retrieval_scores: tf.Tensor,
-            user_attributes: tf.Tensor,
-        ) -> dict[str, tf.Tensor]:
-            inputs: dict[str, tf.Tensor] = {}
-            for side, part in (
-                ("history", slice(0, history_length)),
-                ("candidate", slice(history_length, slots)),
-            ):
-                inputs[f"{side}_rows"] = video_ints[:, part, 0]
-                inputs[f"{side}_creator_rows"] = video_ints[:, part, 1]
-                inputs[f"{side}_category_rows"] = video_ints[:, part, 2:]
-                inputs[f"{side}_embeddings"] = video_floats[:, part, :dim]
-                inputs[f"{side}_numeric"] = video_floats[:, part, dim:]
-            inputs["history_engagement"] = history_context[..., 0]
-            inputs["history_age_hours"] = history_context[..., 1]
-            inputs["retrieval_scores"] = retrieval_scores
-            inputs["user_attributes"] = user_attributes
-            return score_fn(inputs)
-
-        signature = [
-            tf.TensorSpec([1, slots, 2 + max_categories], tf.int64, name="video_ints"),
-            tf.TensorSpec([1, slots, dim + numeric], tf.float32, name="video_floats"),
-            tf.TensorSpec([1, history_length, 2], tf.float32, name="history_context"),
-            tf.TensorSpec([1, num_candidates], tf.float32, name="retrieval_scores"),
-            tf.TensorSpec([1, num_attributes], tf.int64, name="user_attributes"),
-        ]
-        self._function = tf.function(
-            packed, input_signature=signature, jit_compile=compile_xla
-        ).get_concrete_function()
-        self._ints_width = 2 + max_categories
-        self._floats_width = dim + numeric
-
-    def __call__(
-        self,
-        history_rows: np.ndarray,
-        history_engagement: np.ndarray,
-        history_age_hours: np.ndarray,
-        candidate_rows: np.ndarray,
-        retrieval_scores: np.ndarray,
-        user_attributes: np.ndarray,
-        videos: VideoFeatureArrays,
-        embeddings: np.ndarray,
-    ) -> dict[str, np.ndarray]:
-        """Scores one padded candidate list.
-
-        Args:
-            history_rows: ``[H] int64`` video rows, oldest first, left-padded with 0.
-            history_engagement: ``[H] float32``.
-            history_age_hours: ``[H] float32``.
-            candidate_rows: ``[N] int64`` (0 on unused slots).
-            retrieval_scores: ``[N] float32``.
-            user_attributes: ``[1, A] int64``.
-            videos: Features by video row (the live catalogue's arrays).
-            embeddings: ``[rows, dim] float32`` retrieval embeddings by row.
-
-        Returns:
-            ``watch_logits [N]``, ``engagement [N]`` and ``attention [N, H]``.
-        """
-        rows = np.concatenate([history_rows, candidate_rows])
-        video_ints = np.empty((1, len(rows), self._ints_width), dtype=np.int64)
-        video_ints[0, :, 0] = rows
-        video_ints[0, :, 1] = videos.creator_rows[rows]
-        video_ints[0, :, 2:] = videos.category_rows[rows]
-        video_floats = np.empty((1, len(rows), self._floats_width), dtype=np.float32)
-        video_floats[0, :, : self.dim] = embeddings[rows]
-        video_floats[0, :, self.dim :] = videos.numeric[rows]
-        context = np.stack([history_engagement, history_age_hours], axis=-1)[None]
-        out = self._function(
-            tf.constant(video_ints),
-            tf.constant(video_floats),
-            tf.constant(context.astype(np.float32)),
-            tf.constant(retrieval_scores.astype(np.float32)[None]),
-            tf.constant(user_attributes.astype(np.int64)),
-        )
-        return {name: value.numpy()[0] for name, value in out.items()}
-
-
 class RankerScorer:
     """Numpy in and out around the ranker's scoring function.
 
@@ -199,7 +83,7 @@ class RankerScorer:
         catalogue_embeddings: ``[num_rows, d] float32`` retrieval embeddings by video row.
         config: The ranking configuration it was trained with.
         module: The `RankerModule` (kept for saving; None when loaded).
-        keepalive: The loaded SavedModel object, when loaded from disk.
+        keepalive: The loaded SavedModel object, when loaded from disk (the module otherwise).
     """
 
     def __init__(
@@ -216,7 +100,8 @@ class RankerScorer:
         self.catalogue_embeddings = catalogue_embeddings
         self.config = config
         self.module = module
-        self._keepalive = keepalive
+        # Owns the variables the functions read: the loaded SavedModel, else the module.
+        self.keepalive = keepalive if keepalive is not None else module
 
     @classmethod
     def from_model(
@@ -275,18 +160,6 @@ class RankerScorer:
         out["retrieval_scores"] = retrieval_scores.astype(np.float32)
         out["user_attributes"] = user_attributes.astype(np.int64)
         return out
-
-    def request_scorer(self, num_candidates: int, compile_xla: bool) -> RequestScorer:
-        """The fixed-shape scorer of the request path (one user, ``num_candidates`` slots)."""
-        return RequestScorer(
-            self.score_fn,
-            self.config.history_length,
-            num_candidates,
-            self.catalogue_embeddings.shape[1],
-            self.features.config.max_categories,
-            len(self.features.user_attributes),
-            compile_xla,
-        )
 
     def score_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of the scoring function; numpy outputs."""

@@ -107,3 +107,12 @@ def test_config_round_trip_and_unknown_keys():
     assert config_from_dict(VidrecConfig, payload) == config
     with pytest.raises(ConfigError, match=r"retrieval: unknown key\(s\) \['embeding_dim'\]"):
         config_from_dict(VidrecConfig, {"retrieval": {"embeding_dim": 8}})
+
+
+def test_configs_of_older_bundles_with_retired_keys_still_load():
+    payload = json.loads(json.dumps(config_to_dict(VidrecConfig())))
+    payload["serving"]["compile_xla"] = True  # written by bundles before request_runtime
+    del payload["serving"]["request_runtime"]
+    assert config_from_dict(VidrecConfig, payload) == VidrecConfig()
+    with pytest.raises(ConfigError, match=r"serving.request_runtime: must be one of"):
+        config_from_dict(VidrecConfig, {"serving": {"request_runtime": "onnx"}})

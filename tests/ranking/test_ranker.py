@@ -5,10 +5,12 @@ import pytest
 
 import ranking  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from core.config import FeatureConfig, RankingConfig, RetrievalConfig, SyntheticConfig
+from core.errors import BundleError
 from core.features import FeatureSpace, engagement_labels
 from core.schema import validate_interactions
 from core.splits import leave_one_out
 from pipelines.ranking_data import case_lists, training_lists
+from pipelines.request_functions import RUNTIMES, RequestScorer
 from pipelines.synthetic import generate_platform
 from ranking.encoders import RankerScorer
 from ranking.train import list_metrics, train_ranker
@@ -153,13 +155,22 @@ def test_export_round_trip_gives_identical_scores(stages, tmp_path):
         np.testing.assert_allclose(after[key], before[key], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("compile_xla", [False, True])
-def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, compile_xla):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
     _, _, features, _, catalogue, _, validation, ranker = stages
     ranker.scorer().save(tmp_path)
     loaded = RankerScorer.load(tmp_path, features, catalogue, RANKING)
     slots = validation.candidate_rows.shape[1]
-    request = loaded.request_scorer(slots, compile_xla)
+    request = RequestScorer(
+        loaded.score_fn,
+        HISTORY,
+        slots,
+        catalogue.shape[1],
+        features.config.max_categories,
+        len(features.user_attributes),
+        runtime,
+        loaded.keepalive,
+    )
     batch = loaded.score_lists(validation.take(np.arange(4)))
     for i in range(4):
         out = request(
@@ -176,6 +187,12 @@ def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, compile_xla):
         assert out["attention"].shape == (slots, HISTORY)
         for key in ("watch_logits", "engagement", "attention"):
             np.testing.assert_allclose(out[key], batch[key][i], rtol=0, atol=1e-5)
+
+
+def test_unknown_request_runtime_is_refused(stages):
+    *_, ranker = stages
+    with pytest.raises(BundleError, match=r"request runtime must be one of \['litert'"):
+        RequestScorer(ranker.scorer().score_fn, HISTORY, 4, 16, 3, 0, "onnx")
 
 
 def test_ranker_keeps_its_best_epoch(stages):

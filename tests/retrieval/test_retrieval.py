@@ -9,6 +9,7 @@ from core.config import FeatureConfig, RetrievalConfig, SyntheticConfig
 from core.features import FeatureSpace
 from core.schema import validate_videos
 from core.splits import leave_one_out
+from pipelines.request_functions import RUNTIMES, RequestQuery
 from pipelines.synthetic import generate_platform
 from retrieval.encoders import RetrievalEncoders
 from retrieval.train import evaluate_retrieval, train_retrieval
@@ -80,7 +81,7 @@ def test_export_round_trip_gives_identical_embeddings(trained, tmp_path):
         atol=1e-6,
     )
     assert loaded.dim == 16
-    # The request path's fixed-shape tower (compiled or not) gives the same query.
+    # The request path's fixed-shape tower gives the same query in every runtime.
     features = model.features
     rows = features.video_vocab.lookup(np.asarray(histories[3], dtype=np.int64))
     length = features.config.history_length
@@ -90,8 +91,11 @@ def test_export_round_trip_gives_identical_embeddings(trained, tmp_path):
     user_rows = features.user_rows(users[3:4])
     attributes = features.user_attribute_matrix(user_rows)
     expected = loaded.query_fn(catalogue[padded], user_rows, attributes).numpy()
-    for compile_xla in (False, True):
-        query = loaded.request_query(compile_xla)(catalogue[padded], user_rows, attributes)
+    for runtime in RUNTIMES:
+        request = RequestQuery(
+            loaded.query_fn, length, 16, attributes.shape[1], runtime, loaded.keepalive
+        )
+        query = request(catalogue[padded], user_rows, attributes)
         assert query.shape == (1, 16) and query.dtype == np.float32
         np.testing.assert_allclose(query, expected, rtol=0, atol=1e-5)
 
