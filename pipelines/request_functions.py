@@ -10,6 +10,9 @@ floor of about 0.15 ms for any call. Three runtimes are offered (``serving.reque
   whose kernels use the CPU's AVX2/FMA. On the 1M-video bundle: tower 0.18 ms against 0.64 ms
   under XLA, ranker 0.49 ms against 1.29 ms, same outputs to 1e-5. Conversion takes a few
   seconds when the bundle loads (the ranker's id table is copied into the flatbuffer).
+  The conversion runs in a child process when the model comes from a SavedModel on disk: it
+  holds the GIL for seconds at a time, which would stall the requests a server is answering
+  while a new bundle loads aside.
 - ``"xla"``: the concrete function compiled with XLA.
 - ``"graph"``: the plain concrete function.
 
@@ -21,9 +24,12 @@ context, retrieval scores, user attributes) instead of the fourteen of
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -36,16 +42,114 @@ logger = logging.getLogger(__name__)
 
 RUNTIMES: tuple[str, ...] = ("litert", "xla", "graph")
 
-Executor = Callable[..., dict[str, np.ndarray]]
+Runner = Callable[..., dict[str, np.ndarray]]
+
+
+Signature = list[tf.TensorSpec]
+
+
+def _query_function(
+    query_fn: Callable[..., tf.Tensor], history_length: int, dim: int, num_attributes: int
+) -> tuple[Callable[..., dict[str, tf.Tensor]], Signature]:
+    """The user tower at one user's shapes, with a named output."""
+    signature = [
+        tf.TensorSpec([1, history_length, dim], tf.float32, name="history_embeddings"),
+        tf.TensorSpec([1], tf.int64, name="user_rows"),
+        tf.TensorSpec([1, num_attributes], tf.int64, name="user_attributes"),
+    ]
+
+    def query(
+        history_embeddings: tf.Tensor, user_rows: tf.Tensor, user_attributes: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        return {"query": query_fn(history_embeddings, user_rows, user_attributes)}
+
+    return query, signature
+
+
+def _score_function(
+    score_fn: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]],
+    history_length: int,
+    num_candidates: int,
+    dim: int,
+    max_categories: int,
+    num_attributes: int,
+) -> tuple[Callable[..., dict[str, tf.Tensor]], Signature]:
+    """The ranker over five packed tensors, unpacked in the graph."""
+    slots = history_length + num_candidates
+    numeric = len(NUMERIC_FEATURES)
+
+    def packed(
+        video_ints: tf.Tensor,
+        video_floats: tf.Tensor,
+        history_context: tf.Tensor,
+        retrieval_scores: tf.Tensor,
+        user_attributes: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        inputs: dict[str, tf.Tensor] = {}
+        for side, part in (
+            ("history", slice(0, history_length)),
+            ("candidate", slice(history_length, slots)),
+        ):
+            inputs[f"{side}_rows"] = video_ints[:, part, 0]
+            inputs[f"{side}_creator_rows"] = video_ints[:, part, 1]
+            inputs[f"{side}_category_rows"] = video_ints[:, part, 2:]
+            inputs[f"{side}_embeddings"] = video_floats[:, part, :dim]
+            inputs[f"{side}_numeric"] = video_floats[:, part, dim:]
+        inputs["history_engagement"] = history_context[..., 0]
+        inputs["history_age_hours"] = history_context[..., 1]
+        inputs["retrieval_scores"] = retrieval_scores
+        inputs["user_attributes"] = user_attributes
+        return score_fn(inputs)
+
+    signature = [
+        tf.TensorSpec([1, slots, 2 + max_categories], tf.int64, name="video_ints"),
+        tf.TensorSpec([1, slots, dim + numeric], tf.float32, name="video_floats"),
+        tf.TensorSpec([1, history_length, 2], tf.float32, name="history_context"),
+        tf.TensorSpec([1, num_candidates], tf.float32, name="retrieval_scores"),
+        tf.TensorSpec([1, num_attributes], tf.int64, name="user_attributes"),
+    ]
+    return packed, signature
+
+
+# How a child process rebuilds each function from its SavedModel: builder, attribute.
+_BUILDERS: dict[str, tuple[Callable[..., tuple[Callable[..., object], Signature]], str]] = {
+    "user tower": (_query_function, "query"),
+    "ranker": (_score_function, "score"),
+}
+
+
+def _to_litert(function: Callable[..., object], signature: Signature, keepalive: object) -> bytes:
+    concrete = tf.function(function, input_signature=signature).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keepalive)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def convert_saved_model(what: str, directory: str, shape: tuple[int, ...]) -> bytes:
+    """LiteRT flatbuffer of ``what`` rebuilt from the SavedModel in ``directory`` (the body of
+    the child process; public so that it can be pickled by name)."""
+    builder, attribute = _BUILDERS[what]
+    loaded = tf.saved_model.load(directory)
+    function, signature = builder(getattr(loaded, attribute), *shape)
+    return _to_litert(function, signature, loaded)
+
+
+def conversion_process() -> ProcessPoolExecutor:
+    """A child process for LiteRT conversions; share one across a bundle's models (each
+    child pays for importing TensorFlow)."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _executor(
+    what: str,
     function: Callable[..., object],
-    signature: list[tf.TensorSpec],
+    signature: Signature,
     runtime: str,
     keepalive: object,
-    what: str,
-) -> Executor:
+    saved_model_dir: Path | None,
+    shape: tuple[int, ...],
+    converter: Executor | None,
+) -> Runner:
     """``function`` at ``signature`` as ``(*numpy arrays) -> {output name: numpy array}``.
 
     Raises:
@@ -53,11 +157,10 @@ def _executor(
     """
     if runtime not in RUNTIMES:
         raise BundleError(f"request runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
-    concrete = tf.function(
-        function, input_signature=signature, jit_compile=runtime == "xla"
-    ).get_concrete_function()
-    names = [spec.name for spec in signature]
     if runtime != "litert":
+        concrete = tf.function(
+            function, input_signature=signature, jit_compile=runtime == "xla"
+        ).get_concrete_function()
 
         def run_tensorflow(*arrays: np.ndarray) -> dict[str, np.ndarray]:
             out = concrete(*(tf.constant(a) for a in arrays))
@@ -65,10 +168,18 @@ def _executor(
 
         return run_tensorflow
     started = time.perf_counter()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keepalive)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
-        flatbuffer = converter.convert()
+        if saved_model_dir is None:
+            flatbuffer = _to_litert(function, signature, keepalive)
+        elif converter is not None:
+            flatbuffer = converter.submit(
+                convert_saved_model, what, str(saved_model_dir), shape
+            ).result()
+        else:
+            with conversion_process() as child:
+                flatbuffer = child.submit(
+                    convert_saved_model, what, str(saved_model_dir), shape
+                ).result()
     except Exception as error:  # the converter raises several unrelated types
         raise BundleError(
             f"cannot convert the {what} to LiteRT ({error}); serve it with "
@@ -77,6 +188,7 @@ def _executor(
     runner = Interpreter(model_content=flatbuffer, num_threads=1).get_signature_runner()
     # A signature runner reuses its buffers: one call at a time per runner.
     lock = threading.Lock()
+    names = [spec.name for spec in signature]
     logger.info(
         "%s converted to LiteRT in %.1f s (%.1f MB)",
         what,
@@ -103,6 +215,10 @@ class RequestQuery:
         runtime: One of `RUNTIMES`.
         keepalive: The object owning the function's variables (a loaded SavedModel), which
             LiteRT conversion reads them from.
+        saved_model_dir: Where ``query_fn``'s SavedModel lies, if it was loaded from disk:
+            LiteRT conversion then runs in a child process.
+        converter: That child process (`conversion_process`), to share it with the ranker;
+            by default one is started for this model.
     """
 
     def __init__(
@@ -113,19 +229,14 @@ class RequestQuery:
         num_attributes: int,
         runtime: str,
         keepalive: object = None,
+        saved_model_dir: Path | None = None,
+        converter: Executor | None = None,
     ) -> None:
-        signature = [
-            tf.TensorSpec([1, history_length, dim], tf.float32, name="history_embeddings"),
-            tf.TensorSpec([1], tf.int64, name="user_rows"),
-            tf.TensorSpec([1, num_attributes], tf.int64, name="user_attributes"),
-        ]
-
-        def query(
-            history_embeddings: tf.Tensor, user_rows: tf.Tensor, user_attributes: tf.Tensor
-        ) -> dict[str, tf.Tensor]:
-            return {"query": query_fn(history_embeddings, user_rows, user_attributes)}
-
-        self._execute = _executor(query, signature, runtime, keepalive, "user tower")
+        shape = (history_length, dim, num_attributes)
+        function, signature = _query_function(query_fn, *shape)
+        self._execute = _executor(
+            "user tower", function, signature, runtime, keepalive, saved_model_dir, shape, converter
+        )
 
     def __call__(
         self, history_embeddings: np.ndarray, user_rows: np.ndarray, user_attributes: np.ndarray
@@ -151,6 +262,8 @@ class RequestScorer:
         num_attributes: User attribute columns.
         runtime: One of `RUNTIMES`.
         keepalive: The object owning the function's variables (see `RequestQuery`).
+        saved_model_dir: Where ``score_fn``'s SavedModel lies (see `RequestQuery`).
+        converter: The child process for the conversion (see `RequestQuery`).
     """
 
     def __init__(
@@ -163,46 +276,19 @@ class RequestScorer:
         num_attributes: int,
         runtime: str,
         keepalive: object = None,
+        saved_model_dir: Path | None = None,
+        converter: Executor | None = None,
     ) -> None:
         self.history_length = history_length
         self.num_candidates = num_candidates
         self.dim = dim
-        slots = history_length + num_candidates
-        numeric = len(NUMERIC_FEATURES)
-
-        def packed(
-            video_ints: tf.Tensor,
-            video_floats: tf.Tensor,
-            history_context: tf.Tensor,
-            retrieval_scores: tf.Tensor,
-            user_attributes: tf.Tensor,
-        ) -> dict[str, tf.Tensor]:
-            inputs: dict[str, tf.Tensor] = {}
-            for side, part in (
-                ("history", slice(0, history_length)),
-                ("candidate", slice(history_length, slots)),
-            ):
-                inputs[f"{side}_rows"] = video_ints[:, part, 0]
-                inputs[f"{side}_creator_rows"] = video_ints[:, part, 1]
-                inputs[f"{side}_category_rows"] = video_ints[:, part, 2:]
-                inputs[f"{side}_embeddings"] = video_floats[:, part, :dim]
-                inputs[f"{side}_numeric"] = video_floats[:, part, dim:]
-            inputs["history_engagement"] = history_context[..., 0]
-            inputs["history_age_hours"] = history_context[..., 1]
-            inputs["retrieval_scores"] = retrieval_scores
-            inputs["user_attributes"] = user_attributes
-            return score_fn(inputs)
-
-        signature = [
-            tf.TensorSpec([1, slots, 2 + max_categories], tf.int64, name="video_ints"),
-            tf.TensorSpec([1, slots, dim + numeric], tf.float32, name="video_floats"),
-            tf.TensorSpec([1, history_length, 2], tf.float32, name="history_context"),
-            tf.TensorSpec([1, num_candidates], tf.float32, name="retrieval_scores"),
-            tf.TensorSpec([1, num_attributes], tf.int64, name="user_attributes"),
-        ]
-        self._execute = _executor(packed, signature, runtime, keepalive, "ranker")
+        shape = (history_length, num_candidates, dim, max_categories, num_attributes)
+        function, signature = _score_function(score_fn, *shape)
+        self._execute = _executor(
+            "ranker", function, signature, runtime, keepalive, saved_model_dir, shape, converter
+        )
         self._ints_width = 2 + max_categories
-        self._floats_width = dim + numeric
+        self._floats_width = dim + len(NUMERIC_FEATURES)
 
     def __call__(
         self,

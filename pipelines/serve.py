@@ -32,7 +32,7 @@ from pipelines.artifacts import LoadedBundle, load_bundle
 from pipelines.catalogue import LiveCatalogue
 from pipelines.events import UPSERT, EventStore, FeedbackEvent
 from pipelines.ranking_data import UNKNOWN_ENGAGEMENT
-from pipelines.request_functions import RequestQuery, RequestScorer
+from pipelines.request_functions import RequestQuery, RequestScorer, conversion_process
 from pipelines.serving_state import ServingState
 from ranking.blend import blend_scores
 
@@ -116,24 +116,29 @@ class Recommender:
         self.ranker_history = bundle.config.ranking.history_length
         # Fixed shapes (one user, `candidates` slots): each compiles once.
         encoders = retrieval.encoders
-        self._query = RequestQuery(
-            encoders.query_fn,
-            self.history_length,
-            encoders.dim,
-            len(self.features.user_attributes),
-            config.request_runtime,
-            encoders.keepalive,
-        )
-        self._score = RequestScorer(
-            self.ranker.score_fn,
-            self.ranker_history,
-            config.candidates,
-            self.ranker.catalogue_embeddings.shape[1],
-            self.features.config.max_categories,
-            len(self.features.user_attributes),
-            config.request_runtime,
-            self.ranker.keepalive,
-        )
+        with conversion_process() as converter:
+            self._query = RequestQuery(
+                encoders.query_fn,
+                self.history_length,
+                encoders.dim,
+                len(self.features.user_attributes),
+                config.request_runtime,
+                encoders.keepalive,
+                encoders.saved_model_dir,
+                converter,
+            )
+            self._score = RequestScorer(
+                self.ranker.score_fn,
+                self.ranker_history,
+                config.candidates,
+                self.ranker.catalogue_embeddings.shape[1],
+                self.features.config.max_categories,
+                len(self.features.user_attributes),
+                config.request_runtime,
+                self.ranker.keepalive,
+                self.ranker.saved_model_dir,
+                converter,
+            )
         self._embed = retrieval.encoders.embed_features
         self._taken_down: set[int] = set()
         self._catalogue_version = 0

@@ -102,6 +102,7 @@ class RankerScorer:
         self.module = module
         # Owns the variables the functions read: the loaded SavedModel, else the module.
         self.keepalive = keepalive if keepalive is not None else module
+        self.saved_model_dir: Path | None = None  # set by `load`
 
     @classmethod
     def from_model(
@@ -210,4 +211,6 @@ class RankerScorer:
             loaded = tf.saved_model.load(str(target))
         except (OSError, ValueError, tf.errors.OpError) as error:
             raise BundleError(f"cannot load the ranker from {target}: {error}") from error
-        return cls(loaded.score, features, catalogue_embeddings, config, keepalive=loaded)
+        scorer = cls(loaded.score, features, catalogue_embeddings, config, keepalive=loaded)
+        scorer.saved_model_dir = target
+        return scorer

@@ -115,6 +115,7 @@ class RetrievalEncoders:
         self.module = module
         # Owns the variables the functions read: the loaded SavedModel, else the module.
         self.keepalive = keepalive if keepalive is not None else module
+        self.saved_model_dir: Path | None = None  # set by `load`
 
     @classmethod
     def from_model(cls, model: tf.keras.Model, features: FeatureSpace) -> RetrievalEncoders:
@@ -228,10 +229,12 @@ class RetrievalEncoders:
         history_spec = loaded.signatures["query"].structured_input_signature[1][
             "history_embeddings"
         ]
-        return cls(
+        encoders = cls(
             loaded.query,
             loaded.embed_videos,
             features,
             int(history_spec.shape[-1]),
             keepalive=loaded,
         )
+        encoders.saved_model_dir = target
+        return encoders

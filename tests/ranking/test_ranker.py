@@ -170,6 +170,7 @@ def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
         len(features.user_attributes),
         runtime,
         loaded.keepalive,
+        loaded.saved_model_dir,  # LiteRT converts in a child process from the SavedModel
     )
     batch = loaded.score_lists(validation.take(np.arange(4)))
     for i in range(4):
