@@ -40,7 +40,7 @@ import pandas as pd
 
 from core.errors import DataError
 from core.io import atomic_write_bytes
-from core.schema import Dataset
+from core.schema import VIDEO_COLUMNS, Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -1086,21 +1086,7 @@ def load_interactions_file(
             )
         _check_unique_ids(videos, "video_id", videos_file, videos_fmt, encoding)
         columns_seen += video_columns
-        keep = [
-            c
-            for c in videos.columns
-            if c
-            in {
-                "video_id",
-                "title",
-                "categories",
-                "tags",
-                "year",
-                "duration",
-                "creator",
-                "upload_time",
-            }
-        ]
+        keep = [c for c in videos.columns if c in VIDEO_COLUMNS]
         videos = videos[keep]
         known = np.isin(interactions["video_id"].to_numpy(), videos["video_id"].to_numpy())
         if not known.all():

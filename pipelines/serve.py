@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -197,20 +198,15 @@ class Recommender:
             return
         with self._write_lock:
             changes = self.events.catalogue_changes_after(self._catalogue_version)
-            start = 0
-            while start < len(changes):
-                kind = changes[start].change
-                end = start
-                while end < len(changes) and changes[end].change == kind:
-                    end += 1
-                run = changes[start:end]
+            # Consecutive changes of one kind are applied together, in commit order.
+            for kind, group in itertools.groupby(changes, key=lambda change: change.change):
+                run = list(group)
                 if kind == UPSERT:
                     frame = pd.DataFrame([change.metadata for change in run])
                     self._apply_upserts(validate_videos(frame, "uploaded videos"))
                 else:
                     self._apply_takedowns(np.asarray([c.video_id for c in run], dtype=np.int64))
                 self._catalogue_version = run[-1].seq
-                start = end
 
     def upsert_videos(self, videos: pd.DataFrame) -> list[int]:
         """Adds or updates videos from their metadata; searchable when this returns.
