@@ -545,11 +545,10 @@ class ServingConfig:
     def __post_init__(self) -> None:
         f = "serving"
         require(self.workers >= 1, f"{f}.workers", f"must be >= 1, got {self.workers}")
-        runtimes = ("litert", "xla", "graph")
         require(
-            self.request_runtime in runtimes,
+            self.request_runtime in REQUEST_RUNTIMES,
             f"{f}.request_runtime",
-            f"must be one of {list(runtimes)}, got {self.request_runtime!r}",
+            f"must be one of {list(REQUEST_RUNTIMES)}, got {self.request_runtime!r}",
         )
         require(self.tf_threads >= 1, f"{f}.tf_threads", f"must be >= 1, got {self.tf_threads}")
         require(self.candidates >= 1, f"{f}.candidates", f"must be >= 1, got {self.candidates}")
@@ -658,6 +657,9 @@ class VidrecConfig:
             f"got {self.ranking.history_length}",
         )
 
+
+# The runtimes of the request path's models (`pipelines.request_functions`).
+REQUEST_RUNTIMES: tuple[str, ...] = ("litert", "xla", "graph")
 
 # Keys that configs written by earlier versions (every bundle's config.json) may still hold.
 RETIRED_KEYS: dict[str, dict[str, str]] = {

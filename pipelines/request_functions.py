@@ -35,12 +35,13 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from core.config import REQUEST_RUNTIMES
 from core.errors import BundleError
 from core.features import NUMERIC_FEATURES, VideoFeatureArrays
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES: tuple[str, ...] = ("litert", "xla", "graph")
+RUNTIMES = REQUEST_RUNTIMES
 
 Runner = Callable[..., dict[str, np.ndarray]]
 
