@@ -14,7 +14,8 @@
 A job writes everything into ``.tmp-<id>/``, `StagedBundle.commit` writes the manifest with the
 sha256 of every file and renames the directory into place; only then may `BundleStore.publish`
 move ``CURRENT``. A crash at any point leaves the serving bundle untouched. Loading verifies every
-checksum and refuses a bundle with a missing, extra or altered file.
+checksum and refuses a bundle with a missing, extra or altered file, and a directory named like
+a bundle id whose manifest names another bundle (a bundle copied under a new name by hand).
 
 Lifecycle. ``PUBLISHED`` is the record of what served when. Replayed, it gives the *serving
 stack*: a publish or promote pushes a bundle, a rollback pops the serving one, so the bundle a
@@ -125,12 +126,56 @@ class Manifest:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> Manifest:
+    def from_dict(cls, payload: Any) -> Manifest:
+        """Checks the fields' presence and types (a hand-edited manifest must not surface as
+        a KeyError or TypeError far from here).
+
+        Raises:
+            BundleError: A missing field, or one of the wrong type.
+        """
+        if not isinstance(payload, Mapping):
+            raise BundleError(f"manifest is a JSON {type(payload).__name__}, not an object")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(names - set(payload))
         if missing:
             raise BundleError(f"manifest is missing {missing}")
+        for name, (kinds, wanted) in _MANIFEST_TYPES.items():
+            value = payload[name]
+            # bool is an int to isinstance; never a valid count or version here.
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise BundleError(
+                    f"manifest field {name!r} must be {wanted}, got {type(value).__name__} "
+                    f"{_short(value)}"
+                )
+        if not _BUNDLE_ID.match(payload["bundle_id"]):
+            raise BundleError(
+                f"manifest field 'bundle_id' {_short(payload['bundle_id'])} is not a bundle id "
+                "(expected YYYYMMDDTHHMMSSZ-xxxxxx)"
+            )
+        bad = [name for name, digest in payload["files"].items() if not isinstance(digest, str)]
+        if bad:
+            raise BundleError(f"manifest field 'files': the sha256 of {bad[:3]} is not a string")
         return cls(**{k: payload[k] for k in names})
+
+
+# Manifest field -> (accepted types, what the error message calls them).
+_MANIFEST_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "bundle_id": (str, "a string"),
+    "schema_version": (int, "an integer"),
+    "created_at": (str, "a string"),
+    "parent": ((str, type(None)), "a string or null"),
+    "data": (dict, "an object"),
+    "libraries": (dict, "an object"),
+    "embedding_dim": (int, "an integer"),
+    "counts": (dict, "an object"),
+    "metrics": (dict, "an object"),
+    "files": (dict, "an object"),
+}
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class StagedBundle:
@@ -206,6 +251,20 @@ class BundleStore:
         self.root = Path(root)
         self.bundles_dir = self.root / "bundles"
 
+    def require_root(self) -> None:
+        """Refuses a root that does not exist, for commands that must not create one.
+
+        Raises:
+            BundleError: The directory is missing (or is not a directory).
+        """
+        if self.root.is_dir():
+            return
+        what = "is not a directory" if self.root.exists() else "does not exist"
+        raise BundleError(
+            f"artifacts directory {self.root} {what}; run `vidrec train` to create one, or pass "
+            "--artifacts with the directory your bundles are in"
+        )
+
     def stage(self, parent: str | None = None) -> _StageContext:
         """Context manager yielding a `StagedBundle`; discarded unless committed.
 
@@ -224,7 +283,8 @@ class BundleStore:
         return sorted(p.name for p in self.bundles_dir.iterdir() if _BUNDLE_ID.match(p.name))
 
     def path(self, bundle_id: str) -> Path:
-        """Directory of a committed bundle.
+        """Directory of a committed bundle (its manifest is not read here: `read_manifest`
+        and `verify_bundle` also check that it names this id).
 
         Raises:
             BundleError: Unknown or malformed id.
@@ -239,12 +299,31 @@ class BundleStore:
             raise BundleError(f"no bundle {bundle_id} in {self.bundles_dir} (latest: {known})")
         return path
 
-    def current_id(self) -> str | None:
-        """Id in ``CURRENT``, or None before the first publish."""
+    def manifest_stamp(self, bundle_id: str) -> tuple[int, int, int] | None:
+        """``(inode, mtime ns, size)`` of a bundle's manifest, None when it is missing: tells a
+        manifest that changed from the one last read without reading it."""
         try:
-            text = (self.root / CURRENT).read_text("utf-8").strip()
+            status = (self.bundles_dir / bundle_id / MANIFEST).stat()
+        except (OSError, ValueError):  # ValueError: a NUL byte in a hand-written id
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+    def current_id(self) -> str | None:
+        """Id in ``CURRENT``, or None before the first publish.
+
+        Raises:
+            BundleError: ``CURRENT`` exists but cannot be read as text.
+        """
+        path = self.root / CURRENT
+        try:
+            text = path.read_text("utf-8").strip()
         except FileNotFoundError:
             return None
+        except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+            raise BundleError(
+                f"cannot read {path}: {error}; it must hold the id of the serving bundle: write "
+                f"one by hand (the bundles are the directories in {self.bundles_dir})"
+            ) from error
         return text or None
 
     def publish(self, bundle_id: str, *, action: str = "publish", reason: str = "") -> None:
@@ -284,11 +363,30 @@ class BundleStore:
     # -- lifecycle -----------------------------------------------------------------------
 
     def history(self) -> list[PublishEvent]:
-        """Events of ``PUBLISHED``, oldest first; unreadable lines are skipped with a warning."""
+        """Events of ``PUBLISHED``, oldest first; unreadable lines are skipped with a warning.
+
+        Raises:
+            BundleError: The file cannot be read, or holds bytes that are not UTF-8.
+        """
+        path = self.root / PUBLISHED
         try:
-            text = (self.root / PUBLISHED).read_text("utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return []
+        except OSError as error:
+            raise BundleError(f"cannot read {path}: {error}") from error
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            # vidrec writes only ASCII JSON there (a torn append cannot produce such a byte):
+            # the file was damaged or edited with another encoding, and skipping a line could
+            # point a rollback at the wrong bundle.
+            line = raw.count(b"\n", 0, error.start) + 1
+            raise BundleError(
+                f"{path} line {line} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                "vidrec writes only ASCII there, so the file was damaged or edited: fix or "
+                "delete that line by hand"
+            ) from error
         events = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -552,7 +650,7 @@ class BundleStore:
         # One write() of one line with O_APPEND: concurrent appenders never interleave within a
         # line, and a crash can only tear the last line, which `history` skips.
         line = (json.dumps(event.as_dict(), sort_keys=True) + "\n").encode("utf-8")
-        self.root.mkdir(parents=True, exist_ok=True)
+        # No mkdir: a publish has verified a bundle under this root, so it exists.
         fd = os.open(self.root / PUBLISHED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -732,21 +830,41 @@ class _StageContext:
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
     """Parses ``manifest.json`` without verifying files.
 
+    A directory named like a bundle id (``<id>`` or, while staged, ``.tmp-<id>``) must hold
+    that bundle's manifest: a bundle copied or renamed under another id would otherwise be
+    promoted, served and reported under a name that is not its own. A directory with any other
+    name (a copy made for ``vidrec evaluate --bundle DIR``) is not held to its name.
+
     Raises:
-        BundleError: Missing or malformed manifest, or an unsupported schema version.
+        BundleError: Missing or malformed manifest, fields of the wrong type, an unsupported
+            schema version, or a manifest naming another bundle than its directory.
     """
     path = Path(bundle_dir) / MANIFEST
     try:
         payload = json.loads(path.read_text("utf-8"))
     except FileNotFoundError as error:
         raise BundleError(f"{bundle_dir} has no {MANIFEST}; it is not a complete bundle") from error
-    except (OSError, json.JSONDecodeError) as error:
-        raise BundleError(f"cannot read {path}: {error}") from error
-    manifest = Manifest.from_dict(payload)
+    except (OSError, ValueError) as error:  # bad JSON, and bytes that are not UTF-8
+        raise BundleError(
+            f"cannot read {path}: {error}; the bundle is damaged: restore it or build a new one"
+        ) from error
+    try:
+        manifest = Manifest.from_dict(payload)
+    except BundleError as error:
+        raise BundleError(f"{path}: {error}") from error
     if manifest.schema_version != SCHEMA_VERSION:
         raise BundleError(
             f"{path}: schema version {manifest.schema_version}, this vidrec reads "
             f"{SCHEMA_VERSION}; rebuild the bundle with this version"
+        )
+    name = Path(bundle_dir).name
+    claimed = name.removeprefix(STAGING_PREFIX)
+    if _BUNDLE_ID.match(claimed) and claimed != manifest.bundle_id:
+        raise BundleError(
+            f"bundle directory {name} holds the manifest of bundle {manifest.bundle_id} "
+            f"(copied or renamed by hand?); a bundle is valid only under its own id: rename the "
+            f"directory back to {manifest.bundle_id}, or delete it if {manifest.bundle_id} is "
+            "still there"
         )
     return manifest
 

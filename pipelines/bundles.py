@@ -2,7 +2,8 @@
 
 Reading commands (``list``, ``show``) take no lock. Commands that change what serves or what
 exists (``promote``, ``rollback``, ``prune``) take the job lock of the root first, so they never
-race a nightly retrain; when a job holds it they exit with `core.errors.EXIT_LOCKED`.
+race a nightly retrain; when a job holds it they exit with `core.errors.EXIT_LOCKED`. They
+refuse a root that does not exist instead of creating it (taking the lock would).
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     store = BundleStore(args.artifacts)
+    store.require_root()
     with JobLock(args.artifacts, command=f"vidrec bundles promote {args.bundle_id}"):
         previous = store.current_id()
         store.promote(args.bundle_id, reason=args.reason)
@@ -178,6 +180,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     store = BundleStore(args.artifacts)
+    store.require_root()
     with JobLock(args.artifacts, command="vidrec bundles rollback"):
         old, new = store.rollback(reason=args.reason)
         further = store.previous_id()
@@ -197,6 +200,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.keep is not None:
         config = BundlesConfig(keep_last=args.keep)
     store = BundleStore(args.artifacts)
+    store.require_root()
     with JobLock(args.artifacts, command="vidrec bundles prune") as lock:
         started = lock.info.started if lock.info else None
         result = store.apply_retention(config.keep_last, running_since=started)

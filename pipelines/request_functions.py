@@ -12,7 +12,8 @@ floor of about 0.15 ms for any call. Three runtimes are offered (``serving.reque
   seconds when the bundle loads (the ranker's id table is copied into the flatbuffer).
   The conversion runs in a child process when the model comes from a SavedModel on disk: it
   holds the GIL for seconds at a time, which would stall the requests a server is answering
-  while a new bundle loads aside.
+  while a new bundle loads aside. The child (`pipelines.child_process.ChildProcess`) dies with
+  the server, however the server ends.
 - ``"xla"``: the concrete function compiled with XLA.
 - ``"graph"``: the plain concrete function.
 
@@ -24,11 +25,9 @@ context, retrieval scores, user attributes) instead of the fourteen of
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from ai_edge_litert.interpreter import Interpreter
 from core.config import REQUEST_RUNTIMES
 from core.errors import BundleError
 from core.features import NUMERIC_FEATURES, VideoFeatureArrays
+from pipelines.child_process import ChildProcess
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +135,10 @@ def convert_saved_model(what: str, directory: str, shape: tuple[int, ...]) -> by
     return _to_litert(function, signature, loaded)
 
 
-def conversion_process() -> ProcessPoolExecutor:
-    """A child process for LiteRT conversions; share one across a bundle's models (each
-    child pays for importing TensorFlow)."""
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+def conversion_process() -> ChildProcess:
+    """A child process for LiteRT conversions, started by ``with``; share one across a
+    bundle's models (each child pays for importing TensorFlow). It dies with this process."""
+    return ChildProcess("vidrec-litert-conversion")
 
 
 def _executor(
@@ -149,7 +149,7 @@ def _executor(
     keepalive: object,
     saved_model_dir: Path | None,
     shape: tuple[int, ...],
-    converter: Executor | None,
+    converter: ChildProcess | None,
 ) -> Runner:
     """``function`` at ``signature`` as ``(*numpy arrays) -> {output name: numpy array}``.
 
@@ -173,14 +173,10 @@ def _executor(
         if saved_model_dir is None:
             flatbuffer = _to_litert(function, signature, keepalive)
         elif converter is not None:
-            flatbuffer = converter.submit(
-                convert_saved_model, what, str(saved_model_dir), shape
-            ).result()
+            flatbuffer = converter.call(convert_saved_model, what, str(saved_model_dir), shape)
         else:
             with conversion_process() as child:
-                flatbuffer = child.submit(
-                    convert_saved_model, what, str(saved_model_dir), shape
-                ).result()
+                flatbuffer = child.call(convert_saved_model, what, str(saved_model_dir), shape)
     except Exception as error:  # the converter raises several unrelated types
         raise BundleError(
             f"cannot convert the {what} to LiteRT ({error}); serve it with "
@@ -231,7 +227,7 @@ class RequestQuery:
         runtime: str,
         keepalive: object = None,
         saved_model_dir: Path | None = None,
-        converter: Executor | None = None,
+        converter: ChildProcess | None = None,
     ) -> None:
         shape = (history_length, dim, num_attributes)
         function, signature = _query_function(query_fn, *shape)
@@ -278,7 +274,7 @@ class RequestScorer:
         runtime: str,
         keepalive: object = None,
         saved_model_dir: Path | None = None,
-        converter: Executor | None = None,
+        converter: ChildProcess | None = None,
     ) -> None:
         self.history_length = history_length
         self.num_candidates = num_candidates
