@@ -485,6 +485,12 @@ class IndexConfig:
         require(self.add_batch_size >= 1, f"{f}.add_batch_size", "must be >= 1")
 
 
+# The longest feedback event the API accepts, serialised with room for whitespace: 19-digit
+# ids, the longest event name, 17-digit floats and every field present is 165 bytes compact.
+FEEDBACK_EVENT_BYTES = 256
+BODY_OVERHEAD_BYTES = 1_024
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
     """The online recommender and its HTTP API (`pipelines.serve`, `pipelines.app`).
@@ -504,11 +510,18 @@ class ServingConfig:
         popularity_days: Window of "recent popularity" for cold-start lists.
         reload_poll_seconds: How often the server checks ``CURRENT`` for a new bundle (0: only
             on admin reload).
-        max_body_bytes: Largest request body accepted.
+        max_body_bytes: Largest request body accepted; must hold a full feedback batch
+            (`FEEDBACK_EVENT_BYTES` per event).
+        max_feedback_batch: Most events one ``POST /feedback`` may carry.
         host: Interface ``vidrec serve`` binds.
         port: Port ``vidrec serve`` binds.
-        api_key_env: Environment variable holding the API key for write endpoints; when it is
-            unset or empty, write endpoints are open (bind to loopback then).
+        api_key_env: Environment variable holding the admin key(s), comma-separated: they
+            allow catalogue writes, reloads and feedback.
+        ingest_key_env: Environment variable holding the ingest key(s), comma-separated: they
+            allow ``POST /feedback`` only.
+        api_keys_file: File of ``<admin|ingest> <key>`` lines, read again when it changes
+            (rotate a key by adding the new one, moving clients, then removing the old one).
+            When no key is configured anywhere every endpoint is open (bind to loopback then).
         events_synchronous: SQLite ``synchronous`` of the event store (``FULL`` or ``NORMAL``).
         request_runtime: How the request path runs the user tower and the ranker:
             ``"litert"`` (converted when the bundle loads; the fastest on a CPU), ``"xla"``
@@ -533,10 +546,13 @@ class ServingConfig:
     because: int = 3
     popularity_days: float = 7.0
     reload_poll_seconds: float = 5.0
-    max_body_bytes: int = 65_536
+    max_body_bytes: int = 131_072
+    max_feedback_batch: int = 500
     host: str = "127.0.0.1"
     port: int = 8000
     api_key_env: str = "VIDREC_API_KEY"
+    ingest_key_env: str = "VIDREC_INGEST_KEY"
+    api_keys_file: str | None = None
     events_synchronous: str = "FULL"
     request_runtime: str = "litert"
     tf_threads: int = 1
@@ -572,6 +588,17 @@ class ServingConfig:
         require(self.popularity_days > 0, f"{f}.popularity_days", "must be > 0")
         require(self.reload_poll_seconds >= 0, f"{f}.reload_poll_seconds", "must be >= 0")
         require(self.max_body_bytes >= 1_024, f"{f}.max_body_bytes", "must be >= 1024")
+        require(self.max_feedback_batch >= 1, f"{f}.max_feedback_batch", "must be >= 1")
+        # A batch the schema allows must never be refused for its size: 413 would tell the
+        # client to split what the schema says is fine.
+        needed = self.max_feedback_batch * FEEDBACK_EVENT_BYTES + BODY_OVERHEAD_BYTES
+        require(
+            self.max_body_bytes >= needed,
+            f"{f}.max_body_bytes",
+            f"must hold a full feedback batch: {self.max_feedback_batch} events x "
+            f"{FEEDBACK_EVENT_BYTES} bytes + {BODY_OVERHEAD_BYTES} = {needed} bytes, got "
+            f"{self.max_body_bytes} (raise it or lower serving.max_feedback_batch)",
+        )
         require(1 <= self.port <= 65_535, f"{f}.port", f"must be a TCP port, got {self.port}")
         require(
             self.events_synchronous in ("FULL", "NORMAL"),

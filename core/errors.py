@@ -80,6 +80,22 @@ class NotFittedError(VidrecError):
     """A model or index was used before it was trained or loaded."""
 
 
+class AuthError(VidrecError):
+    """A request lacks a valid API key (401), or its key lacks the scope it needs (403).
+
+    Attributes:
+        status: The HTTP status to answer with.
+    """
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StoreError(VidrecError):
+    """The event store cannot be used (unreadable, newer than this code, unreachable)."""
+
+
 class LockHeldError(VidrecError):
     """Another run holds the job lock of an artifacts root; the message says who and since when.
 

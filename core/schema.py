@@ -34,7 +34,9 @@ categorical strings by the models.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +63,19 @@ VIDEO_COLUMNS: tuple[str, ...] = (
     "upload_time",
 )
 
+# Bounds of what the online write path accepts (`validate_upload`, `pipelines.events`, the HTTP
+# models). Anything outside them is a client bug or an attack, and a value that cannot be
+# served must never reach the event store: one stored row is replayed by every server start.
+MAX_ID = 2**63 - 1
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01 UTC; later is milliseconds or garbage
+MAX_RATING = 5.0  # the models read rating / 5 as engagement
+MAX_SECONDS = 1_000_000.0  # watch_seconds and duration: 11.6 days
+YEAR_RANGE = (1800.0, 2200.0)
+MAX_TITLE_CHARS = 1_000
+MAX_NAME_CHARS = 200  # creator, one category, one tag
+MAX_CATEGORIES = 32
+MAX_TAGS = 64
+
 
 def _require_columns(df: pd.DataFrame, required: Iterable[str], source: str) -> None:
     missing = [c for c in required if c not in df.columns]
@@ -85,6 +100,22 @@ def _as_int64(df: pd.DataFrame, column: str, source: str) -> np.ndarray:
             hint="fix or drop those rows",
         )
     as_float = values.to_numpy(dtype=np.float64)
+    # Outside int64 the cast below would wrap silently (2**63 becomes -2**63). Integers stay
+    # exact in their own dtype; floats compare exactly with the power-of-two limits.
+    if values.dtype.kind == "u":
+        outside = values.to_numpy() > MAX_ID
+    elif values.dtype.kind == "f":
+        outside = ~((as_float >= -(2.0**63)) & (as_float < 2.0**63))
+    else:
+        outside = np.zeros(len(values), dtype=bool)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise DataError(
+            f"value {df[column].iloc[row]!r} at row {row} does not fit in int64",
+            source=source,
+            column=column,
+            hint="ids and timestamps must be integers in [-2**63, 2**63 - 1]",
+        )
     if not np.array_equal(as_float, np.floor(as_float)):
         row = int(np.flatnonzero(as_float != np.floor(as_float))[0])
         raise DataError(
@@ -219,6 +250,94 @@ def validate_videos(df: pd.DataFrame, source: str = "videos") -> pd.DataFrame:
         }
     )
     return out.reset_index(drop=True)
+
+
+def validate_upload(video: dict[str, Any], source: str = "upload") -> dict[str, Any]:
+    """Checks one uploaded video's metadata against the write-path bounds above.
+
+    Stricter than `validate_videos`, which reads whole data sets as they come: an upload is
+    stored and replayed by every server, so anything that could not be embedded and served is
+    refused here, before it is stored.
+
+    Args:
+        video: ``video_id`` (required) and any of the other `VIDEO_COLUMNS`; ``None`` or a
+            missing key means unknown.
+        source: Name used in error messages.
+
+    Returns:
+        The row with every column of `VIDEO_COLUMNS` (unknown numbers as None, lists as lists).
+
+    Raises:
+        DataError: Naming the first field that is missing, of the wrong type or out of range.
+    """
+    if not isinstance(video, dict):
+        raise DataError(f"expected an object, got {type(video).__name__}", source=source)
+    unknown = sorted(set(video) - set(VIDEO_COLUMNS))
+    if unknown:
+        raise DataError(f"unknown field(s) {unknown}; known: {list(VIDEO_COLUMNS)}", source=source)
+
+    def fail(column: str, message: str) -> DataError:
+        return DataError(message, source=source, column=column)
+
+    video_id = video.get("video_id")
+    if isinstance(video_id, bool) or not isinstance(video_id, int | np.integer):
+        raise fail("video_id", f"must be an integer, got {video_id!r}")
+    if not 0 <= int(video_id) <= MAX_ID:
+        raise fail("video_id", f"must be in [0, 2**63 - 1], got {video_id}")
+    row: dict[str, Any] = {"video_id": int(video_id)}
+    for column, limit in (("title", MAX_TITLE_CHARS), ("creator", MAX_NAME_CHARS)):
+        value = video.get(column)
+        value = "" if value is None else value
+        if not isinstance(value, str):
+            raise fail(column, f"must be a string, got {type(value).__name__}")
+        if len(value) > limit:
+            raise fail(column, f"has {len(value)} characters; at most {limit}")
+        _require_text(value, column, source)
+        row[column] = value
+    for column, most in (("categories", MAX_CATEGORIES), ("tags", MAX_TAGS)):
+        values = video.get(column)
+        values = [] if values is None else values
+        if not isinstance(values, list | tuple):
+            raise fail(column, f"must be a list of strings, got {type(values).__name__}")
+        if len(values) > most:
+            raise fail(column, f"has {len(values)} entries; at most {most}")
+        for value in values:
+            if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_CHARS:
+                raise fail(column, f"entries must be strings of 1 to {MAX_NAME_CHARS} characters")
+            _require_text(value, column, source)
+        row[column] = list(values)
+    ranges = {
+        "year": YEAR_RANGE,
+        "duration": (0.0, MAX_SECONDS),
+        "upload_time": (0.0, float(MAX_TIMESTAMP)),
+    }
+    for column, (low, high) in ranges.items():
+        value = video.get(column)
+        if value is None:
+            row[column] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+            raise fail(column, f"must be a number, got {value!r}")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise fail(
+                column, f"must be a finite number in [{low:.15g}, {high:.15g}], got {value!r}"
+            )
+        row[column] = float(value)
+    if row["duration"] == 0.0:
+        raise fail("duration", "must be > 0 seconds (leave it out when unknown)")
+    return row
+
+
+def _require_text(value: str, column: str, source: str) -> None:
+    # JSON may carry lone surrogates ("\\ud800"), which no UTF-8 store or tokenizer accepts.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(
+            f"is not valid Unicode text ({error.reason} at character {error.start})",
+            source=source,
+            column=column,
+        ) from None
 
 
 def validate_users(df: pd.DataFrame, source: str = "users") -> pd.DataFrame:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from core.errors import DataError
 from core.features import FeatureSpace, VideoFeatureArrays
 from core.vocab import FIRST_ID_ROW, OOV_ROW
 
@@ -103,6 +104,30 @@ class LiveCatalogue:
 
     # -- writes ---------------------------------------------------------------------------
 
+    def embed(self, videos: pd.DataFrame, embed: Embedder) -> tuple[VideoFeatureArrays, np.ndarray]:
+        """Features and embeddings of videos, checked before anything is written.
+
+        Args:
+            videos: Validated videos table.
+            embed: The video tower over features -> ``[n, d]`` unit-norm embeddings.
+
+        Returns:
+            ``(features, embeddings [n, d] float32)``.
+
+        Raises:
+            DataError: A video whose embedding is not finite (it could never be searched).
+        """
+        arrays = self.features.video_features(videos)
+        embeddings = np.asarray(embed(arrays), dtype=np.float32)
+        broken = ~np.isfinite(embeddings).all(axis=1)
+        if broken.any():
+            ids = videos["video_id"].to_numpy(np.int64)[broken]
+            raise DataError(
+                f"video(s) {ids[:5].tolist()} embed to NaN or inf; check their year, duration "
+                "and upload_time"
+            )
+        return arrays, embeddings
+
     def upsert(self, videos: pd.DataFrame, embed: Embedder) -> tuple[np.ndarray, np.ndarray]:
         """Adds new videos and refreshes known ones from their metadata.
 
@@ -112,9 +137,11 @@ class LiveCatalogue:
 
         Returns:
             ``(rows [n] int64, embeddings [n, d] float32)``.
+
+        Raises:
+            DataError: See `embed`; nothing is written then.
         """
-        arrays = self.features.video_features(videos)
-        embeddings = embed(arrays)
+        arrays, embeddings = self.embed(videos, embed)
         ids = videos["video_id"].to_numpy(np.int64)
         durations = videos["duration"].to_numpy(np.float32)
         with self._lock:

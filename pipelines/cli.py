@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from core.errors import (
     exit_code_for,
 )
 from pipelines import bundles as bundles_cli
+from pipelines import events_cli
 
 logger = logging.getLogger("vidrec")
 
@@ -71,7 +73,7 @@ def load_config(path: str | None, overrides: dict[str, dict[str, Any]]) -> Vidre
     if path:
         try:
             payload = json.loads(Path(path).read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # bad JSON, and bytes that are not UTF-8
             raise ConfigError(f"--config {path}: {error}") from error
     for section, values in overrides.items():
         clean = {k: v for k, v in values.items() if v is not None}
@@ -238,7 +240,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     if args.config:
         try:
             override = json.loads(Path(args.config).read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # bad JSON, and bytes that are not UTF-8
             raise ConfigError(f"--config {args.config}: {error}") from error
     with JobLock(args.artifacts):  # it writes and publishes a bundle: one job at a time
         result = build_index_job(
@@ -272,18 +274,21 @@ def cmd_build_index(args: argparse.Namespace) -> int:
 
 SERVE_SPEC_ENV = "VIDREC_SERVE_SPEC"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+UVICORN_BACKLOG = 2048  # uvicorn.Config's default
 
 
-def _serving_app(artifacts: str, events_path: str, serving: Any) -> tuple[Any, str]:
-    """Loads the published bundle behind the HTTP app; returns the app and the bundle id."""
-    import os
+def _serving_app(artifacts: str, events_path: str, serving: Any) -> tuple[Any, Any]:
+    """Loads the published bundle behind the HTTP app; returns the app and its
+    `RecommenderService` (close it when the server stops)."""
 
     import tensorflow as tf
 
     from pipelines.app import create_app, start_polling
+    from pipelines.auth import KeyRing
     from pipelines.events import EventStore
     from pipelines.serve import RecommenderService
 
+    keys = KeyRing(serving)  # a malformed key fails before the bundle loads
     tf.config.threading.set_intra_op_parallelism_threads(serving.tf_threads)
     tf.config.threading.set_inter_op_parallelism_threads(serving.tf_threads)
     events = EventStore(events_path, synchronous=serving.events_synchronous)
@@ -291,8 +296,7 @@ def _serving_app(artifacts: str, events_path: str, serving: Any) -> tuple[Any, s
     service.reload()
     if serving.reload_poll_seconds:
         start_polling(service, serving.reload_poll_seconds)  # a daemon thread; ends with us
-    api_key = os.environ.get(serving.api_key_env) or None
-    return create_app(service, serving, api_key), service.current.bundle_id
+    return create_app(service, serving, keys), service
 
 
 def worker_app() -> Any:
@@ -302,6 +306,10 @@ def worker_app() -> Any:
     the ``VIDREC_SERVE_SPEC`` environment variable.
     """
     import os
+    import signal
+    import threading
+
+    from uvicorn.config import STARTUP_FAILURE
 
     from core.config import ServingConfig
 
@@ -309,8 +317,22 @@ def worker_app() -> Any:
     spec = json.loads(os.environ[SERVE_SPEC_ENV])
     _configure_logging(spec["verbose"])
     serving = config_from_dict(ServingConfig, spec["serving"], "serving")
-    app, bundle_id = _serving_app(spec["artifacts"], spec["events"], serving)
-    logger.info("worker %d serving bundle %s", os.getpid(), bundle_id)
+    # uvicorn calls this with its SIGTERM handler installed, which waits for the load to end
+    # (minutes at scale) before shutting down. While loading there is nothing to shut down:
+    # SIGTERM ends the worker at once, and its model conversion process with it.
+    main_thread = threading.current_thread() is threading.main_thread()
+    graceful = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main_thread else None
+    try:
+        app, service = _serving_app(spec["artifacts"], spec["events"], serving)
+    except VidrecError as error:
+        # One line, and uvicorn's start-up failure code: the supervisor then stops (`cmd_serve`
+        # exits 2) instead of restarting a worker that would fail the same way forever.
+        logger.error("worker %d cannot serve: %s", os.getpid(), error)
+        sys.exit(STARTUP_FAILURE)
+    finally:
+        if graceful is not None:
+            signal.signal(signal.SIGTERM, graceful)
+    logger.info("worker %d serving bundle %s", os.getpid(), service.current.bundle_id)
     return app
 
 
@@ -321,6 +343,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from core.bundle import BundleStore
     from core.config import ServingConfig
 
     config = load_config(args.config, {})
@@ -331,12 +354,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     serving = ServingConfig(**{**dataclasses.asdict(config.serving), **overrides})
     events_path = str(args.events or Path(args.artifacts) / "events.db")
-    if not os.environ.get(serving.api_key_env) and serving.host not in LOOPBACK:
+    from pipelines.auth import KeyRing
+
+    # Read the keys now: a malformed key or keys file fails here, before anything loads.
+    if not KeyRing(serving).configured and serving.host not in LOOPBACK:
         logger.warning(
-            "write endpoints are open on %s: set %s to require an API key",
+            "write endpoints are open on %s: set %s (admin) and %s (ingest) or "
+            "serving.api_keys_file to require API keys",
             serving.host,
             serving.api_key_env,
+            serving.ingest_key_env,
         )
+    # Serving never creates a store (the event store would create the directory).
+    BundleStore(args.artifacts).require_root()
+    # The port first: a busy port fails in a second, not after a bundle load.
+    listener = _bind_port(serving.host, serving.port)
     server = {
         "host": serving.host,
         "port": serving.port,
@@ -345,29 +377,139 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": False,
         "log_level": "warning",
     }
-    if serving.workers == 1:
-        app, bundle_id = _serving_app(args.artifacts, events_path, serving)
-        print(f"serving bundle {bundle_id} on http://{serving.host}:{serving.port}")
-        uvicorn.run(app, **server)
-        return EXIT_OK
-    os.environ[SERVE_SPEC_ENV] = json.dumps(
-        {
-            "artifacts": str(args.artifacts),
-            "events": events_path,
-            "serving": dataclasses.asdict(serving),
-            "verbose": bool(args.verbose),
-        }
-    )
-    # Each worker counts its own requests; /metrics, answered by any one of them, sums the
-    # files they all write here.
-    metrics_dir = tempfile.mkdtemp(prefix="vidrec-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    print(f"serving on http://{serving.host}:{serving.port} with {serving.workers} workers")
     try:
-        uvicorn.run("pipelines.cli:worker_app", factory=True, workers=serving.workers, **server)
+        if serving.workers == 1:
+            app, service = _serving_app(args.artifacts, events_path, serving)
+            try:
+                _listen(listener, serving.host, serving.port)
+                print(
+                    f"serving bundle {service.current.bundle_id} on "
+                    f"http://{serving.host}:{serving.port}"
+                )
+                return _run_server(uvicorn.Server(uvicorn.Config(app, **server)), listener)
+            finally:
+                service.close()
+        os.environ[SERVE_SPEC_ENV] = json.dumps(
+            {
+                "artifacts": str(args.artifacts),
+                "events": events_path,
+                "serving": dataclasses.asdict(serving),
+                "verbose": bool(args.verbose),
+            }
+        )
+        # Each worker counts its own requests; /metrics, answered by any one of them, sums the
+        # files they all write here.
+        metrics_dir = tempfile.mkdtemp(prefix="vidrec-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        print(f"serving on http://{serving.host}:{serving.port} with {serving.workers} workers")
+        try:
+            workers = uvicorn.Config(
+                "pipelines.cli:worker_app", factory=True, workers=serving.workers, **server
+            )
+            return _run_workers(workers, listener)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        listener.close()
+
+
+def _bind_port(host: str, port: int) -> socket.socket:
+    """The serving socket, bound but not listening yet: until a bundle is loaded, connections
+    are refused rather than left waiting.
+
+    Raises:
+        ConfigError: The address is taken or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a restarted server may bind while old connections sit in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise _listen_error(host, port, error) from None
+    sock.set_inheritable(True)  # uvicorn's workers inherit it
+    return sock
+
+
+def _listen(sock: socket.socket, host: str, port: int) -> None:
+    """Starts accepting connections on a socket from `_bind_port`.
+
+    Raises:
+        ConfigError: Another server bound the port at the same time and listens already.
+    """
+    try:
+        sock.listen(UVICORN_BACKLOG)
+    except OSError as error:
+        raise _listen_error(host, port, error) from None
+
+
+def _listen_error(host: str, port: int, error: OSError) -> ConfigError:
+    reason = error.strerror or str(error)
+    return ConfigError(
+        f"cannot listen on {host}:{port}: {reason}; stop the other server or pass --port"
+    )
+
+
+class _Stopped(BaseException):
+    """SIGTERM after uvicorn's graceful shutdown (a BaseException, like KeyboardInterrupt, so
+    that no ``except Exception`` on the way swallows it)."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+def _run_server(server: Any, listener: socket.socket) -> int:
+    """Runs one uvicorn server on ``listener`` until it stops.
+
+    uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the previous
+    handler: with the default one the process would die by the signal, skipping the clean-up
+    of `cmd_serve`. This handler makes it a normal exit (0).
+
+    Raises:
+        ConfigError: uvicorn could not start (its own exit code 3 means "gated out" here).
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        server.run(sockets=[listener])
+    except _Stopped:
+        return EXIT_OK
+    except SystemExit as error:
+        raise _startup_error(f"uvicorn exited with status {error.code}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        raise _startup_error("uvicorn did not start")
     return EXIT_OK
+
+
+def _run_workers(config: Any, listener: socket.socket) -> int:
+    """Runs ``config.workers`` uvicorn worker processes on ``listener`` until they stop.
+
+    Raises:
+        ConfigError: A worker could not start (it said why in the log); the others were
+            stopped.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    supervisor = Multiprocess(config, sockets=[listener])
+    try:
+        supervisor.run()
+    except SystemExit as error:
+        raise _startup_error(f"uvicorn exited with status {error.code}") from None
+    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    if failed:
+        raise _startup_error(f"worker process {failed[0]} could not start")
+    return EXIT_OK
+
+
+def _startup_error(what: str) -> ConfigError:
+    return ConfigError(f"the HTTP server could not start: {what}; the reason is in the log above")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -469,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_index.set_defaults(handler=cmd_build_index)
 
     bundles_cli.add_parser(commands)
+    events_cli.add_parser(commands)
 
     retrain = commands.add_parser(
         "retrain", help="nightly job: warm-start, gate against serving, publish if not worse"

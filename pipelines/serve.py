@@ -27,11 +27,11 @@ import pandas as pd
 from core.bundle import BundleStore
 from core.config import ServingConfig
 from core.errors import BundleError, DataError
-from core.schema import validate_videos
+from core.schema import MAX_ID, validate_upload, validate_videos
 from core.vocab import FIRST_ID_ROW, OOV_ROW
 from pipelines.artifacts import LoadedBundle, load_bundle
 from pipelines.catalogue import LiveCatalogue
-from pipelines.events import UPSERT, EventStore, FeedbackEvent
+from pipelines.events import CHANGE_ROW, TAKEDOWN, UPSERT, VIDEO_ROW, EventStore
 from pipelines.ranking_data import UNKNOWN_ENGAGEMENT
 from pipelines.request_functions import RequestQuery, RequestScorer, conversion_process
 from pipelines.serving_state import ServingState
@@ -143,6 +143,7 @@ class Recommender:
         self._embed = retrieval.encoders.embed_features
         self._taken_down: set[int] = set()
         self._catalogue_version = 0
+        self.skipped_rows = 0  # stored rows this process could not apply (quarantined)
         # Re-entrant: a sync holds it while applying a run of changes.
         self._write_lock = threading.RLock()
 
@@ -170,13 +171,21 @@ class Recommender:
     # -- live catalogue -------------------------------------------------------------------
 
     def replay_catalogue_changes(self) -> None:
-        """Applies uploads and takedowns recorded in the event store to this bundle."""
+        """Applies uploads and takedowns recorded in the event store to this bundle.
+
+        A stored upload that cannot be applied (an older store, a bug) is quarantined and
+        skipped: one row must never keep a server from starting.
+        """
         # Read the log position first: a change committed while the tables are replayed is
         # applied again by the next sync, which is harmless (both kinds are idempotent).
         version = self.events.catalogue_version()
-        uploads = self.events.uploaded_videos()
-        if uploads:
-            self._apply_upserts(validate_videos(pd.DataFrame(uploads), "uploaded videos"))
+        uploads = []
+        for video_id, metadata in self.events.upload_rows():
+            try:
+                uploads.append(validate_upload(metadata, f"stored upload of video {video_id}"))
+            except DataError as error:
+                self._quarantine(VIDEO_ROW, video_id, metadata, str(error))
+        self._apply_isolated(VIDEO_ROW, [(row["video_id"], row) for row in uploads])
         taken_down = self.events.taken_down()
         if taken_down:
             self._apply_takedowns(np.asarray(sorted(taken_down), dtype=np.int64))
@@ -192,7 +201,8 @@ class Recommender:
         """Applies catalogue changes committed to the event store since the last sync.
 
         Runs before every answer, so an upload or takedown made through any server process
-        (or the CLI) is in force for every process's next request.
+        (or the CLI) is in force for every process's next request. A change that cannot be
+        applied is quarantined and skipped; the answer goes on without it.
         """
         if self.events.catalogue_version() <= self._catalogue_version:
             return
@@ -202,32 +212,75 @@ class Recommender:
             for kind, group in itertools.groupby(changes, key=lambda change: change.change):
                 run = list(group)
                 if kind == UPSERT:
-                    frame = pd.DataFrame([change.metadata for change in run])
-                    self._apply_upserts(validate_videos(frame, "uploaded videos"))
+                    self._apply_isolated(CHANGE_ROW, [(c.seq, c.metadata) for c in run])
+                elif kind == TAKEDOWN:
+                    ids = [c.video_id for c in run if 0 <= c.video_id <= MAX_ID]
+                    self._apply_takedowns(np.asarray(ids, dtype=np.int64))
+                    for change in run:
+                        if not 0 <= change.video_id <= MAX_ID:
+                            self._quarantine(
+                                CHANGE_ROW, change.seq, None, f"video_id {change.video_id}"
+                            )
                 else:
-                    self._apply_takedowns(np.asarray([c.video_id for c in run], dtype=np.int64))
+                    for change in run:
+                        self._quarantine(CHANGE_ROW, change.seq, None, f"unknown change {kind!r}")
                 self._catalogue_version = run[-1].seq
 
-    def upsert_videos(self, videos: pd.DataFrame) -> list[int]:
+    def _apply_isolated(self, source: str, rows: list[tuple[int, Any]]) -> None:
+        """Applies uploads together, or one by one when that fails, quarantining each that
+        fails alone (``rows``: ``(store key, metadata)``)."""
+        if not rows:
+            return
+        try:
+            self._apply_upserts(_videos_table([metadata for _, metadata in rows]))
+            return
+        except Exception as error:  # a row an older store or a bug let in; isolate it below
+            if len(rows) == 1:
+                self._quarantine(source, rows[0][0], rows[0][1], f"{type(error).__name__}: {error}")
+                return
+        for row in rows:
+            self._apply_isolated(source, [row])
+
+    def _quarantine(self, source: str, ref: int, payload: Any, reason: str) -> None:
+        logger.error(
+            "bundle %s: skipped stored %s %s that cannot be applied: %s; run `vidrec events check`",
+            self.bundle_id,
+            source,
+            ref,
+            reason,
+        )
+        self.skipped_rows += 1
+        self.events.quarantine(source, ref, payload, reason)
+
+    def upsert_videos(self, videos: Sequence[dict[str, Any]]) -> list[int]:
         """Adds or updates videos from their metadata; searchable when this returns.
 
-        The change is committed to the event store first (every server process applies it
-        from there), then applied here.
+        Every row is validated and embedded before anything is stored, so a video that could
+        not be served never reaches the event store; then the change is committed there (every
+        server process applies it from there) and applied here.
 
         Args:
-            videos: Rows in the videos schema (validated here).
+            videos: Rows of the videos schema (``video_id`` and any of the other columns).
 
         Returns:
             The ids added or updated.
+
+        Raises:
+            DataError: A row out of bounds, or one that does not embed; nothing is stored.
         """
-        table = validate_videos(videos, "uploaded videos")
-        for row in table.to_dict("records"):
-            self.events.upsert_video(int(row["video_id"]), _jsonable(row))
+        rows = [validate_upload(video) for video in videos]
+        self.catalogue.embed(_videos_table(rows), self._embed)
+        for row in rows:
+            self.events.upsert_video(row)
         self.sync_catalogue()
-        return table["video_id"].to_numpy(np.int64).tolist()
+        return [row["video_id"] for row in rows]
 
     def take_down(self, video_ids: Sequence[int]) -> int:
-        """Removes videos from every future answer; returns how many this index held."""
+        """Removes videos from every future answer; returns how many this index held.
+
+        Raises:
+            DataError: An id outside ``[0, 2**63 - 1]``; nothing is stored.
+        """
         ids = np.asarray(video_ids, dtype=np.int64)
         held = int(self.index.contains(ids).sum())
         for video_id in ids:
@@ -248,10 +301,6 @@ class Recommender:
             self.index.remove(ids)
 
     # -- requests -------------------------------------------------------------------------
-
-    def record_feedback(self, events: Sequence[FeedbackEvent]) -> int:
-        """Stores feedback durably; the user's next request reads it."""
-        return self.events.append(events)
 
     def _history(
         self, user_id: int | None, history: Sequence[int] | None, now: float
@@ -500,17 +549,14 @@ class Recommender:
         self.recommend(user_id=None)
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, float) and not np.isfinite(value):
-            value = None
-        out[key] = value
-    return out
+def _videos_table(rows: Sequence[Any]) -> pd.DataFrame:
+    """Validated upload rows (`validate_upload`) as a videos-schema table.
+
+    Raises:
+        DataError: A row that is not a valid upload (a stored row from an older store).
+    """
+    checked = [validate_upload(row) for row in rows]
+    return validate_videos(pd.DataFrame(checked), "uploaded videos")
 
 
 class RecommenderService:
@@ -518,7 +564,9 @@ class RecommenderService:
 
     A swap loads the new bundle aside, verifies it, replays live catalogue changes, warms it
     up and only then replaces the reference; requests already running finish on the old one.
-    A bundle that fails any step is refused and the current one keeps serving.
+    A bundle that fails any step is refused and the current one keeps serving. `poll` does not
+    try a refused bundle again until ``CURRENT`` names another one or the refused bundle's
+    manifest changes; `reload` (``POST /admin/reload``) always tries.
 
     Args:
         artifacts: Bundle store root (``CURRENT`` names the bundle to serve).
@@ -534,6 +582,10 @@ class RecommenderService:
         self._swap_lock = threading.Lock()
         self.last_error: str | None = None
         self.swaps = 0
+        # The bundle refused last and the stamp of its manifest then (see `poll`).
+        self._refused: tuple[str, tuple[int, int, int] | None] | None = None
+        self._unreadable_current: str | None = None
+        self._closing = False
 
     @property
     def current(self) -> Recommender:
@@ -564,34 +616,72 @@ class RecommenderService:
             target = bundle_id or self.store.current_id()
             if target is None:
                 raise BundleError(f"no published bundle under {self.store.root}")
-            if self._current is not None and self._current.bundle_id == target:
-                return target
-            started = time.perf_counter()
-            try:
-                candidate = Recommender.from_bundle(
-                    self.store.path(target), self.events, self.config
-                )
-            except BundleError as error:
-                self.last_error = str(error)
-                logger.error("refused bundle %s: %s", target, error)
-                raise
-            previous = self._current.bundle_id if self._current else None
-            self._current = candidate
-            self.swaps += 1
-            self.last_error = None
-            logger.info(
-                "serving bundle %s (was %s), loaded in %.1f s",
-                target,
-                previous,
-                time.perf_counter() - started,
-            )
-            return target
+            return self._swap(target)
 
     def poll(self) -> None:
-        """Reloads if ``CURRENT`` names a bundle other than the serving one."""
-        target = self.store.current_id()
-        if target is None or (self._current is not None and self._current.bundle_id == target):
+        """Reloads if ``CURRENT`` names a bundle other than the serving one.
+
+        A refused bundle is logged once and kept in ``last_error``; it is tried again only
+        when ``CURRENT`` names another bundle or its manifest changes (a swap costs a full load
+        with a model conversion, and a bundle refused for what it holds would fail the same way
+        every poll).
+        """
+        if self._closing:
             return
-        # A refused bundle is logged and kept in last_error; the current one keeps serving.
-        with contextlib.suppress(BundleError):
-            self.reload(target)
+        try:
+            target = self.store.current_id()
+        except BundleError as error:
+            if str(error) != self._unreadable_current:
+                logger.error("%s; the serving bundle is kept", error)
+                self._unreadable_current = self.last_error = str(error)
+            return
+        self._unreadable_current = None
+        if target is None or (self._current is not None and self._current.bundle_id == target):
+            self._refused = None
+            return
+        with self._swap_lock:
+            if self._refused == (target, self.store.manifest_stamp(target)):
+                return
+            # Logged and kept in last_error by _swap; the current bundle keeps serving.
+            with contextlib.suppress(BundleError):
+                self._swap(target)
+
+    def close(self) -> None:
+        """Stops swapping: the server is shutting down. A bundle still loading is abandoned
+        (its conversion process killed) instead of being waited for."""
+        self._closing = True
+        # Imported here: only a shutting-down server needs it.
+        from pipelines.child_process import close_all
+
+        abandoned = close_all()
+        if abandoned:
+            logger.info("shutting down: stopped %d model conversion process(es)", abandoned)
+
+    def _swap(self, target: str) -> str:
+        """Loads ``target`` aside and swaps it in; the caller holds the swap lock."""
+        if self._current is not None and self._current.bundle_id == target:
+            return target
+        stamp = self.store.manifest_stamp(target)
+        started = time.perf_counter()
+        try:
+            candidate = Recommender.from_bundle(self.store.path(target), self.events, self.config)
+        except BundleError as error:
+            if self._closing:
+                logger.info("shutting down: stopped loading bundle %s", target)
+                raise
+            self.last_error = str(error)
+            self._refused = (target, stamp)
+            logger.error("refused bundle %s: %s", target, error)
+            raise
+        previous = self._current.bundle_id if self._current else None
+        self._current = candidate
+        self.swaps += 1
+        self.last_error = None
+        self._refused = None
+        logger.info(
+            "serving bundle %s (was %s), loaded in %.1f s",
+            target,
+            previous,
+            time.perf_counter() - started,
+        )
+        return target

@@ -35,6 +35,14 @@ TINY_SECTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# API keys and request limits of the serving tests (keys must be 16+ characters).
+ADMIN_KEY = "admin-key-0123456789abcdef"
+INGEST_KEY = "ingest-key-0123456789abcdef"
+KEY_ENV = {"VIDREC_API_KEY": ADMIN_KEY, "VIDREC_INGEST_KEY": INGEST_KEY}
+# Small bodies keep the limit tests small; the batch limit must fit the body limit.
+SMALL_BODIES = {"max_body_bytes": 4096, "max_feedback_batch": 12}
+
+
 def tiny_sections(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The tiny configuration as JSON-able sections, with ``section={key: value}`` overrides."""
     sections = copy.deepcopy(TINY_SECTIONS)

@@ -16,28 +16,14 @@ from index import VideoIndex
 from pipelines.artifacts import load_bundle
 from pipelines.cli import main
 from pipelines.datasets import read_dataset, write_dataset
-from tests.tiny import tiny_sections
 
 NEW_VIDEO_ID = 987_654_321
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+@pytest.fixture()
+def workspace(cli_workspace):
     """A synthetic platform of 150 videos and a trained, published bundle."""
-    root = tmp_path_factory.mktemp("build_index")
-    (root / "config.json").write_text(
-        json.dumps(
-            tiny_sections(
-                retrieval={"batch_size": 64, "max_epochs": 1, "patience": 1},
-                ranking={"batch_size": 128, "max_examples": 1000},
-            )
-        )
-    )
-    generate = ["generate", "--out", str(root / "data"), "--users", "200", "--videos", "150"]
-    assert main([*generate, "--events", "4000", "--days", "10", "--seed", "2"]) == 0
-    train = ["train", "--data", str(root / "data"), "--artifacts", str(root / "artifacts")]
-    assert main([*train, "--config", str(root / "config.json")]) == 0
-    return root
+    return cli_workspace
 
 
 def _store(workspace):

@@ -5,49 +5,11 @@ import json
 import pytest
 
 from pipelines.cli import main
-from tests.tiny import tiny_sections
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    config = root / "config.json"
-    config.write_text(json.dumps(tiny_sections()))
-    assert (
-        main(
-            [
-                "generate",
-                "--out",
-                str(root / "data"),
-                "--users",
-                "200",
-                "--videos",
-                "150",
-                "--events",
-                "4000",
-                "--days",
-                "10",
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(root / "data"),
-                "--artifacts",
-                str(root / "artifacts"),
-                "--config",
-                str(config),
-            ]
-        )
-        == 0
-    )
-    return root
+@pytest.fixture()
+def workspace(cli_workspace):
+    return cli_workspace
 
 
 def test_train_publishes_a_verified_bundle(workspace):
