@@ -26,7 +26,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +55,7 @@ RETRY_AFTER = "1"  # seconds; the store is busy for as long as one write transac
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
+BATCH_TAG, EVENT_TAG = "batch", "event"
 MAX_CLOCK_SKEW_SECONDS = 86_400  # a feedback timestamp further ahead is a client bug
 MAX_CATEGORY_CHARS = MAX_NAME_CHARS
 
@@ -140,6 +141,7 @@ class ApiModels:
     feedback_item: type[BaseModel]
     feedback_batch: type[BaseModel]
     video: type[BaseModel]
+    feedback: Any  # one event or a batch (a tagged union of the two above)
 
 
 def api_models(config: ServingConfig) -> ApiModels:
@@ -207,7 +209,20 @@ def api_models(config: ServingConfig) -> ApiModels:
             0.0, float(MAX_TIMESTAMP), "Seconds since the epoch."
         )
 
-    return ApiModels(RecommendRequest, FeedbackItem, FeedbackRequest, VideoRequest)
+    # One event or a batch, told apart by the "events" key, so that an error names the fields
+    # of the form the client meant instead of both forms' mismatches.
+    feedback = Annotated[
+        Annotated[FeedbackRequest, Tag(BATCH_TAG)] | Annotated[FeedbackItem, Tag(EVENT_TAG)],
+        Discriminator(_feedback_form),
+    ]
+    return ApiModels(RecommendRequest, FeedbackItem, FeedbackRequest, VideoRequest, feedback)
+
+
+def _feedback_form(body: Any) -> str:
+    """Which form of ``POST /feedback`` a body is: a batch has ``events``."""
+    if isinstance(body, dict):
+        return BATCH_TAG if "events" in body else EVENT_TAG
+    return BATCH_TAG if hasattr(body, "events") else EVENT_TAG
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -360,10 +375,19 @@ async def _send_error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location as the client wrote it: without ``body`` and the feedback form's tag."""
+    if loc[:1] == ("body",):
+        loc = loc[1:]
+    if loc[:1] in ((BATCH_TAG,), (EVENT_TAG,)):
+        loc = loc[1:]
+    return loc
+
+
 def _validation_message(error: RequestValidationError) -> str:
     parts = []
     for item in error.errors():
-        location = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        location = ".".join(str(part) for part in _field_path(tuple(item.get("loc", ()))))
         if item.get("type") == "json_invalid":
             return f"malformed JSON: {item.get('ctx', {}).get('error', item.get('msg'))}"
         parts.append(f"{location or 'body'}: {item.get('msg')}")
@@ -562,7 +586,7 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
         **protected("POST", "/feedback", KeyScope.INGEST),
     )
     def feedback(
-        body: models.feedback_batch | models.feedback_item,  # type: ignore[name-defined]
+        body: models.feedback,  # type: ignore[name-defined]
     ) -> dict[str, Any]:
         """Stores watch/rating events durably (one event, or ``{"events": [...]}``); the
         user's next recommendation reads them."""

@@ -157,6 +157,15 @@ def test_feedback_needs_an_ingest_key_and_finite_values(client, service):
             "/feedback", content=raw, headers={**INGEST, "content-type": "application/json"}
         )
         assert answer.status_code == 422 and message in answer.json()["error"], answer.text
+    # One event or a batch: the error names the fields of the form the client sent.
+    single = client.post(
+        "/feedback",
+        content=b'{"user_id": 5, "video_id": 1, "rating": 1e999}',
+        headers={**INGEST, "content-type": "application/json"},
+    )
+    assert single.json() == {"error": "rating: Input should be a finite number"}
+    batch = client.post("/feedback", json={"events": [{"user_id": 5}]}, headers=INGEST)
+    assert batch.json() == {"error": "events.0.video_id: Field required"}
     future = int(time.time()) + 3 * 86_400
     ahead = client.post("/feedback", json={**event, "timestamp": future}, headers=INGEST)
     assert ahead.status_code == 422 and "more than a day ahead" in ahead.json()["error"]
