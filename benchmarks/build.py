@@ -7,7 +7,7 @@ Three processes, so that each figure is the build's own:
    trained briefly (one epoch over the training events of a sample of users, ``--train-events``):
    the point is a real video tower and user tower, not quality. It is written as a published
    bundle with no index (``vocab/``, ``retrieval/``, ``config.json``).
-2. ``build``: `pipelines.build_index.build_index_job` on that bundle with the data set, timed
+2. ``build``: `pipelines.jobs.build_index.build_index_job` on that bundle with the data set, timed
    stage by stage: read the data set; load the bundle and grow its feature space with the data
    set's catalogue (``load``); embed every video with the video tower (``embed``); user-tower
    queries of users' recent histories (``queries``); build, tune and verify the Faiss index
@@ -116,7 +116,7 @@ def run_setup(args: argparse.Namespace) -> None:
     from core.features import FeatureSpace
     from core.splits import leave_one_out
     from pipelines import artifacts
-    from pipelines.synthetic import generate_platform, write_dataset
+    from pipelines.data.synthetic import generate_platform, write_dataset
     from retrieval.train import train_retrieval
 
     workdir = Path(args.workdir)
@@ -207,8 +207,8 @@ def run_build(args: argparse.Namespace) -> None:
         begin = time.perf_counter()
         imports_mb = rss_mb()
         from core.bundle import BundleStore
-        from pipelines.build_index import build_index_job
-        from pipelines.datasets import load_dataset
+        from pipelines.data.datasets import load_dataset
+        from pipelines.jobs.build_index import build_index_job
 
         imported = time.perf_counter()
         datasets = [load_dataset(Path(args.workdir) / "data")]

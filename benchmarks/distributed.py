@@ -89,7 +89,7 @@ def run_worker(data_dir: Path, setup: Setup, result_path: Path, export_dir: Path
     The strategy is created first: a multi-worker strategy must configure TensorFlow's
     collective ops before any other TensorFlow work.
     """
-    from pipelines.distribute import (
+    from pipelines.jobs.distribute import (
         barrier,
         chief_consensus,
         describe_task,
@@ -102,7 +102,7 @@ def run_worker(data_dir: Path, setup: Setup, result_path: Path, export_dir: Path
 
     from core.features import FeatureSpace
     from core.splits import leave_one_out
-    from pipelines.datasets import load_dataset
+    from pipelines.data.datasets import load_dataset
     from retrieval.train import train_retrieval
 
     dataset = load_dataset(data_dir)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    from pipelines.synthetic import generate_platform, write_dataset
+    from pipelines.data.synthetic import generate_platform, write_dataset
 
     setup = Setup(
         users=args.users,

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 from core.bundle import BundleStore  # noqa: E402
 from core.config import VidrecConfig, config_from_dict  # noqa: E402
 from core.io import atomic_write_json, atomic_write_text  # noqa: E402
-from pipelines.datasets import load_dataset  # noqa: E402
-from pipelines.evaluate import evaluate_dataset, format_table  # noqa: E402
-from pipelines.train import train_job  # noqa: E402
+from pipelines.data.datasets import load_dataset  # noqa: E402
+from pipelines.jobs.evaluate import evaluate_dataset, format_table  # noqa: E402
+from pipelines.jobs.train import train_job  # noqa: E402
 
 DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
 

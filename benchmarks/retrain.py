@@ -123,7 +123,7 @@ def _small_config(window_days: float = 1.0) -> dict:
 def _platform(root: Path, users: int, videos: int, events: int, days: int, base_days: int):
     from core.config import SyntheticConfig
     from core.schema import Dataset
-    from pipelines.synthetic import SPAN_START, generate_platform, write_dataset
+    from pipelines.data.synthetic import SPAN_START, generate_platform, write_dataset
 
     data = generate_platform(
         SyntheticConfig(
@@ -318,7 +318,7 @@ def kill(args: argparse.Namespace, out: Path) -> dict:
     initial_train(root, artifacts, config)
     store = BundleStore(artifacts)
     serving = store.current_id()
-    from pipelines.events import EventStore, FeedbackEvent
+    from pipelines.serving.events import EventStore, FeedbackEvent
 
     events = EventStore(root / "events.db")
     late = data.interactions.loc[data.interactions["timestamp"] >= start + 7 * DAY]
@@ -382,10 +382,10 @@ def warm(args: argparse.Namespace, out: Path) -> dict:
     """Warm against cold start: wall time and the gate's figures, same data, same cutoff."""
     from core.bundle import BundleStore
     from core.config import VidrecConfig, config_from_dict
-    from pipelines.datasets import load_dataset
-    from pipelines.events import EventStore
-    from pipelines.retrain import retrain_job
-    from pipelines.train import train_job
+    from pipelines.data.datasets import load_dataset
+    from pipelines.jobs.retrain import retrain_job
+    from pipelines.jobs.train import train_job
+    from pipelines.serving.events import EventStore
 
     results = {}
     sources = []

@@ -62,8 +62,8 @@ def build_bundle(args: argparse.Namespace, root: Path) -> None:
         SyntheticConfig,
         VidrecConfig,
     )
-    from pipelines.synthetic import generate_platform, write_dataset
-    from pipelines.train import train_job
+    from pipelines.data.synthetic import generate_platform, write_dataset
+    from pipelines.jobs.train import train_job
 
     store = BundleStore(root / "artifacts")
     if store.current_id() is not None and (root / "data").exists():
@@ -106,8 +106,8 @@ def in_process(args: argparse.Namespace, root: Path) -> dict[str, object]:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from core.bundle import BundleStore
     from core.config import ServingConfig
-    from pipelines.events import EventStore
     from pipelines.serve import RecommenderService
+    from pipelines.serving.events import EventStore
 
     def load(runtime: str) -> tuple[object, float]:
         config = ServingConfig(candidates=args.candidates, request_runtime=runtime)
@@ -320,7 +320,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk not found: apt-get install wrk"}
     from core.bundle import BundleStore
-    from pipelines.serving_state import ServingState
+    from pipelines.serving.state import ServingState
 
     store = BundleStore(root / "artifacts")
     state = ServingState.load(store.path(store.current_id()) / "serving")

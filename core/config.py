@@ -28,7 +28,7 @@ def require(condition: bool, field: str, message: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """Size and shape of the synthetic video platform (`pipelines.synthetic`).
+    """Size and shape of the synthetic video platform (`pipelines.data.synthetic`).
 
     Attributes:
         num_users: Users with at least one event.
@@ -286,7 +286,7 @@ class RankingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    """Offline evaluation (`pipelines.evaluate`).
+    """Offline evaluation (`pipelines.jobs.evaluate`).
 
     Attributes:
         ks: Cut-offs for HR@K and NDCG@K of the final list.
@@ -493,7 +493,7 @@ BODY_OVERHEAD_BYTES = 1_024
 
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
-    """The online recommender and its HTTP API (`pipelines.serve`, `pipelines.app`).
+    """The online recommender and its HTTP API (`pipelines.serve`, `pipelines.serving.app`).
 
     Attributes:
         candidates: Videos fetched from the index for the ranker (N).
@@ -526,7 +526,7 @@ class ServingConfig:
         request_runtime: How the request path runs the user tower and the ranker:
             ``"litert"`` (converted when the bundle loads; the fastest on a CPU), ``"xla"``
             (XLA-compiled TensorFlow) or ``"graph"`` (plain TensorFlow). See
-            `pipelines.request_functions`.
+            `pipelines.serving.request_functions`.
         tf_threads: TensorFlow intra- and inter-op threads of ``vidrec serve`` (1 suits small
             per-request ops; parallelism comes from concurrent requests).
         workers: Server processes of ``vidrec serve`` sharing its port (one per core is the
@@ -624,7 +624,7 @@ class BundlesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RetrainConfig:
-    """The nightly retrain and its promotion gate (`pipelines.retrain`).
+    """The nightly retrain and its promotion gate (`pipelines.jobs.retrain`).
 
     Attributes:
         window_days: The most recent days before the cutoff are the test window: the new model
@@ -685,7 +685,7 @@ class VidrecConfig:
         )
 
 
-# The runtimes of the request path's models (`pipelines.request_functions`).
+# The runtimes of the request path's models (`pipelines.serving.request_functions`).
 REQUEST_RUNTIMES: tuple[str, ...] = ("litert", "xla", "graph")
 
 # Keys that configs written by earlier versions (every bundle's config.json) may still hold.

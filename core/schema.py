@@ -63,8 +63,8 @@ VIDEO_COLUMNS: tuple[str, ...] = (
     "upload_time",
 )
 
-# Bounds of what the online write path accepts (`validate_upload`, `pipelines.events`, the HTTP
-# models). Anything outside them is a client bug or an attack, and a value that cannot be
+# Bounds of what the online write path accepts (`validate_upload`, the event store, the
+# HTTP models). Anything outside them is a client bug or an attack, and a value that cannot be
 # served must never reach the event store: one stored row is replayed by every server start.
 MAX_ID = 2**63 - 1
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01 UTC; later is milliseconds or garbage

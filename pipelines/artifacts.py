@@ -7,7 +7,7 @@
                   video_embeddings.npy [n, d] float32, video_ids.npy [n] int64
     ranking/      ranker/ (SavedModel: score signature)
     index/        videos.faiss, index_ids.npy, index_report.json, index_meta.json
-                  (`index.VideoIndex.save`; written by `pipelines.build_index`)
+                  (`index.VideoIndex.save`; written by `pipelines.jobs.build_index`)
     reports/      training reports (JSON) and curves (PNG), index_build.json
     config.json   the resolved configuration
 

@@ -30,11 +30,11 @@ from core.errors import BundleError, DataError
 from core.schema import MAX_ID, validate_upload, validate_videos
 from core.vocab import FIRST_ID_ROW, OOV_ROW
 from pipelines.artifacts import LoadedBundle, load_bundle
-from pipelines.catalogue import LiveCatalogue
-from pipelines.events import CHANGE_ROW, TAKEDOWN, UPSERT, VIDEO_ROW, EventStore
-from pipelines.ranking_data import UNKNOWN_ENGAGEMENT
-from pipelines.request_functions import RequestQuery, RequestScorer, conversion_process
-from pipelines.serving_state import ServingState
+from pipelines.jobs.ranking_data import UNKNOWN_ENGAGEMENT
+from pipelines.serving.catalogue import LiveCatalogue
+from pipelines.serving.events import CHANGE_ROW, TAKEDOWN, UPSERT, VIDEO_ROW, EventStore
+from pipelines.serving.request_functions import RequestQuery, RequestScorer, conversion_process
+from pipelines.serving.state import ServingState
 from ranking.blend import blend_scores
 
 logger = logging.getLogger(__name__)
@@ -651,7 +651,7 @@ class RecommenderService:
         (its conversion process killed) instead of being waited for."""
         self._closing = True
         # Imported here: only a shutting-down server needs it.
-        from pipelines.child_process import close_all
+        from pipelines.serving.child_process import close_all
 
         abandoned = close_all()
         if abandoned:

@@ -109,9 +109,9 @@ def train_ranker(
         initial_weights: A previous model's weights to warm start from (same code, tables
             possibly grown: see `core.warm_start.grow_weights`).
         consensus: Under several workers, maps this worker's epoch figures to the chief's so
-            every worker stops at the same epoch (`pipelines.distribute.chief_consensus`).
+            every worker stops at the same epoch (`pipelines.jobs.distribute.chief_consensus`).
         make_optimizer: Builds the optimizer for the model (default: Adam at
-            ``config.learning_rate``); `pipelines.optimizers.sparse_aware` for large tables.
+            ``config.learning_rate``); `pipelines.jobs.optimizers.sparse_aware` for large tables.
 
     Returns:
         The trained ranker with its best epoch's weights.

@@ -7,7 +7,7 @@ from typing import Any
 
 from core.config import SyntheticConfig, VidrecConfig, config_from_dict
 from core.schema import Dataset
-from pipelines.synthetic import generate_platform
+from pipelines.data.synthetic import generate_platform
 
 TINY_SECTIONS: dict[str, dict[str, Any]] = {
     "features": {"history_length": 10, "max_tokens": 8},

@@ -49,7 +49,7 @@ def test_leave_one_out_keeps_file_order_for_equal_timestamps():
 
 
 def test_no_leakage_on_ml_100k(shared_data_dir):
-    from pipelines.datasets import load_movielens_100k
+    from pipelines.data.datasets import load_movielens_100k
 
     data = load_movielens_100k(shared_data_dir / "ml-100k").interactions
     split = leave_one_out(data)

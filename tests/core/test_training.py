@@ -22,7 +22,8 @@ def test_workers_with_different_figures_take_the_chiefs_decisions():
     """A worker whose recalls differ in the last bits and whose clock differs from the chief's.
 
     Alone it would stop at once on its time budget and keep another epoch; with the chief's
-    figures (what `pipelines.distribute.chief_consensus` broadcasts) it does what the chief does.
+    figures (what `pipelines.jobs.distribute.chief_consensus` broadcasts) it does what the chief
+    does.
     """
     broadcast: list[list[float]] = []
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from core.bundle import BundleStore
-from pipelines.train import train_job
+from pipelines.jobs.train import train_job
 from tests.tiny import SMALL_BODIES, small_platform, tiny_config, tiny_sections
 
 
@@ -35,7 +35,7 @@ def serving_platform(tmp_path_factory):
 def cli_workspace_template(tmp_path_factory):
     """A directory with ``data/`` (``vidrec generate``), ``config.json`` and ``artifacts/`` holding
     one bundle published by ``vidrec train``: trained once, copied by `cli_workspace`."""
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     root = tmp_path_factory.mktemp("cli-template")
     (root / "config.json").write_text(

@@ -23,10 +23,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from pipelines.app import create_app
-from pipelines.auth import KeyRing
-from pipelines.events import EventStore
 from pipelines.serve import RecommenderService
+from pipelines.serving.app import create_app
+from pipelines.serving.auth import KeyRing
+from pipelines.serving.events import EventStore
 from tests.tiny import ADMIN_KEY, KEY_ENV
 
 EXAMPLES_PER_OPERATION = 25

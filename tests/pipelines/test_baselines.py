@@ -8,8 +8,8 @@ from core.errors import ConfigError
 from core.schema import validate_interactions
 from core.splits import EvalCases
 from core.vocab import IdVocabulary
-from pipelines import baselines
-from pipelines.baselines import EASE, ItemKNN, MostPopular, Transition, fit_baselines
+from pipelines.jobs import baselines
+from pipelines.jobs.baselines import EASE, ItemKNN, MostPopular, Transition, fit_baselines
 
 # u1: 1 -> 2 -> 3, u2: 1 -> 2, u3: 2 -> 3; video 4 is never watched.
 TRAIN = validate_interactions(

@@ -14,8 +14,8 @@ from core.io import atomic_write_json, sha256_file
 from core.schema import Dataset
 from index import VideoIndex
 from pipelines.artifacts import load_bundle
-from pipelines.cli import main
-from pipelines.datasets import read_dataset, write_dataset
+from pipelines.cli.main import main
+from pipelines.data.datasets import read_dataset, write_dataset
 
 NEW_VIDEO_ID = 987_654_321
 

@@ -10,7 +10,7 @@ import core.bundle
 from core.bundle import BundleStore
 from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK
 from core.lock import JobLock
-from pipelines.cli import main
+from pipelines.cli.main import main
 
 DAY = 86_400
 JAN_2 = 1_767_312_000  # 2026-01-02 00:00 UTC

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli.main import main
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from core.errors import DataError
-from pipelines.datasets import (
+from pipelines.data.datasets import (
     detect_format,
     load_dataset,
     load_interactions_file,

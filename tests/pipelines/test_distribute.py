@@ -5,7 +5,7 @@ import json
 import pytest
 
 from core.errors import ConfigError
-from pipelines.distribute import (
+from pipelines.jobs.distribute import (
     barrier,
     cluster_workers,
     describe_task,

@@ -37,8 +37,8 @@ import pytest
 
 from core.bundle import MANIFEST, BundleStore, read_manifest
 from core.errors import EXIT_FAILED, EXIT_OK, BundleError, ConfigError
-from pipelines.child_process import ChildCallError, ChildProcess
-from pipelines.cli import _run_server, main
+from pipelines.cli.main import _run_server, main
+from pipelines.serving.child_process import ChildCallError, ChildProcess
 from tests.tiny import tiny_config
 
 pytestmark = pytest.mark.skipif(
@@ -418,8 +418,8 @@ def test_manifest_ids_are_checked_against_their_directory_names(store, tmp_path)
 def test_poll_does_not_reload_a_refused_bundle_until_current_or_its_manifest_changes(
     store, monkeypatch, caplog
 ):
-    from pipelines.events import EventStore
     from pipelines.serve import Recommender, RecommenderService
+    from pipelines.serving.events import EventStore
 
     serving = store.current_id()
     first, second = serving[:-6] + "aaaaa1", serving[:-6] + "aaaaa2"
@@ -595,7 +595,7 @@ def test_bad_bytes_in_bundle_files_are_bundle_errors(store, relative, message):
     from core.features import FeatureSpace
     from index import VideoIndex
     from pipelines.artifacts import read_config
-    from pipelines.serving_state import ServingState
+    from pipelines.serving.state import ServingState
 
     bundle = store.path(store.current_id())
     (bundle / relative).write_bytes(BAD)
@@ -675,7 +675,7 @@ def test_a_child_dies_when_its_parent_is_killed(tmp_path, pdeathsig):
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import os, time
-            from pipelines.child_process import ChildProcess
+            from pipelines.serving.child_process import ChildProcess
             child = ChildProcess("orphan-test", pdeathsig={pdeathsig})
             child.start()
             assert child.call(os.getpid) == child.pid
@@ -698,7 +698,7 @@ def test_a_child_dies_when_its_parent_is_killed(tmp_path, pdeathsig):
 
 
 def test_a_model_that_cannot_be_converted_is_a_bundle_error(tmp_path):
-    from pipelines.request_functions import RequestQuery
+    from pipelines.serving.request_functions import RequestQuery
 
     # The parent never traces the function when a child converts: no tower needed.
     with pytest.raises(

@@ -7,7 +7,7 @@ import tensorflow_recommenders as tfrs
 from core.config import FeatureConfig, RetrievalConfig
 from core.features import FeatureSpace
 from core.splits import leave_one_out
-from pipelines.optimizers import sparse_aware
+from pipelines.jobs.optimizers import sparse_aware
 from retrieval.train import train_retrieval
 from tests.tiny import small_platform
 

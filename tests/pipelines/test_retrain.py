@@ -8,10 +8,10 @@ from core.bundle import BundleStore, read_manifest
 from core.errors import DataError, LockHeldError
 from core.lock import JobLock
 from core.schema import Dataset
-from pipelines.events import EventStore, FeedbackEvent
-from pipelines.retrain import GATED_OUT, PUBLISHED, retrain_job
-from pipelines.synthetic import SPAN_START
-from pipelines.train import train_job
+from pipelines.data.synthetic import SPAN_START
+from pipelines.jobs.retrain import GATED_OUT, PUBLISHED, retrain_job
+from pipelines.jobs.train import train_job
+from pipelines.serving.events import EventStore, FeedbackEvent
 from tests.tiny import small_platform, tiny_config
 
 DAY = 86_400

@@ -20,10 +20,10 @@ from fastapi.testclient import TestClient
 
 from core.bundle import BundleStore
 from core.config import ServingConfig
-from pipelines.app import create_app
-from pipelines.auth import KeyRing
-from pipelines.events import EventStore
 from pipelines.serve import RecommenderService
+from pipelines.serving.app import create_app
+from pipelines.serving.auth import KeyRing
+from pipelines.serving.events import EventStore
 from tests.tiny import ADMIN_KEY, INGEST_KEY, KEY_ENV, SMALL_BODIES
 
 API_KEY = ADMIN_KEY

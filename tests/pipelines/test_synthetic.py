@@ -13,8 +13,8 @@ import pytest
 from core.config import SyntheticConfig
 from core.errors import ConfigError
 from core.schema import Dataset
-from pipelines.datasets import load_dataset
-from pipelines.synthetic import (
+from pipelines.data.datasets import load_dataset
+from pipelines.data.synthetic import (
     CATEGORY_WORDS,
     PlatformKnobs,
     PlatformTruth,

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from core.errors import AuthError, ConfigError, DataError
 from core.schema import validate_upload
-from pipelines.app import create_app
-from pipelines.auth import KeyRing, Scope, parse_keys_file
-from pipelines.events import EventStore, FeedbackEvent
 from pipelines.serve import RecommenderService
+from pipelines.serving.app import create_app
+from pipelines.serving.auth import KeyRing, Scope, parse_keys_file
+from pipelines.serving.events import EventStore, FeedbackEvent
 from tests.tiny import ADMIN_KEY, INGEST_KEY, KEY_ENV
 
 ADMIN = {"X-API-Key": ADMIN_KEY}

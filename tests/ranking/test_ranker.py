@@ -9,9 +9,9 @@ from core.errors import BundleError
 from core.features import FeatureSpace, engagement_labels
 from core.schema import validate_interactions
 from core.splits import leave_one_out
-from pipelines.ranking_data import case_lists, training_lists
-from pipelines.request_functions import RUNTIMES, RequestScorer
-from pipelines.synthetic import generate_platform
+from pipelines.data.synthetic import generate_platform
+from pipelines.jobs.ranking_data import case_lists, training_lists
+from pipelines.serving.request_functions import RUNTIMES, RequestScorer
 from ranking.encoders import RankerScorer
 from ranking.train import list_metrics, train_ranker
 from retrieval.train import train_retrieval

@@ -9,8 +9,8 @@ from core.config import FeatureConfig, RetrievalConfig, SyntheticConfig
 from core.features import FeatureSpace
 from core.schema import validate_videos
 from core.splits import leave_one_out
-from pipelines.request_functions import RUNTIMES, RequestQuery
-from pipelines.synthetic import generate_platform
+from pipelines.data.synthetic import generate_platform
+from pipelines.serving.request_functions import RUNTIMES, RequestQuery
 from retrieval.encoders import RetrievalEncoders
 from retrieval.train import evaluate_retrieval, train_retrieval
 

@@ -26,9 +26,9 @@ from core.schema import Dataset
 from core.splits import LeaveOneOutSplit, leave_one_out
 from core.vocab import IdVocabulary
 from pipelines.artifacts import RetrievalBundle, load_ranker, load_retrieval, read_config
-from pipelines.baselines import fit_baselines
-from pipelines.ranking_data import TwoStageScorer
-from pipelines.train import SPLIT_LEAVE_ONE_OUT
+from pipelines.jobs.baselines import fit_baselines
+from pipelines.jobs.ranking_data import TwoStageScorer
+from pipelines.jobs.train import SPLIT_LEAVE_ONE_OUT
 
 logger = logging.getLogger(__name__)
 

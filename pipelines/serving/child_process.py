@@ -16,7 +16,7 @@ parent, so the child sees to it itself:
 - A watchdog thread exits the child when its parent pid changes (it was re-parented): the
   fallback where ``prctl`` is missing, and a second line of defence.
 - Both are armed first thing in the child's target, `_child_main`: after the spawn bootstrap
-  (which imports the parent's main module, ``pipelines.cli``: about a second) and before the
+  (which imports the parent's main module, ``pipelines.cli.main``: about a second) and before the
   function to call, and TensorFlow with it, is imported with the first call. A parent that died
   even earlier is caught by comparing the parent pid once they are armed.
 

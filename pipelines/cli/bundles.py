@@ -25,6 +25,7 @@ from core.bundle import (
 from core.config import BundlesConfig
 from core.errors import EXIT_OK, BundleError
 from core.lock import JobLock
+from pipelines.cli.config_file import load_config
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +195,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from pipelines.cli import load_config
-
     config = load_config(args.config, {}).bundles if args.config else BundlesConfig()
     if args.keep is not None:
         config = BundlesConfig(keep_last=args.keep)

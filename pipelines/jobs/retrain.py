@@ -43,10 +43,10 @@ from core.splits import EvalCases, last_event_holdout, time_cut
 from core.vocab import FIRST_ID_ROW
 from pipelines import plots
 from pipelines.artifacts import LoadedBundle, load_bundle
-from pipelines.events import EventStore
-from pipelines.ranking_data import TwoStageScorer
-from pipelines.train import TrainedStages, train_stages, write_bundle
-from pipelines.weights import load_weights
+from pipelines.jobs.ranking_data import TwoStageScorer
+from pipelines.jobs.train import TrainedStages, train_stages, write_bundle
+from pipelines.jobs.weights import load_weights
+from pipelines.serving.events import EventStore
 
 logger = logging.getLogger(__name__)
 

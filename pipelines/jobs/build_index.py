@@ -18,7 +18,7 @@ Queries. The index serves user-tower outputs, so it is tuned on them:
 
 - with a data set, on the most recent ``features.history_length`` watches of a sample of its
   users (``query_source="user_histories"``);
-- inside `pipelines.train.train_job`, on the validation histories (``"validation_histories"``);
+- inside `pipelines.jobs.train.train_job`, on the validation histories (``"validation_histories"``);
 - without data (fallback), on one-watch histories: the user-tower query of a user who has
   watched a single sampled catalogue video (``"one_watch_histories"``). These are real user-tower
   outputs (what a new user gets after a first watch), not video vectors standing in for queries.

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from pipelines.events import EventStore  # pandas: only for the commands that need it
+    from pipelines.serving.events import EventStore  # pandas: only for the commands that need it
 
     path = Path(args.events or Path(args.artifacts) / "events.db")
     if not path.is_file():
@@ -41,7 +41,7 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipelines.events import SET_ASIDE, SKIPPED
+    from pipelines.serving.events import SET_ASIDE, SKIPPED
 
     events = _store(args)
     invalid = events.invalid_rows()

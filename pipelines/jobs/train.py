@@ -3,9 +3,9 @@
 `train_stages` is the training both jobs share; `write_bundle` stages, writes and commits a
 bundle from its result. `train_job` (``vidrec train``) runs them on a leave-one-out split: the
 model trains on the split's training events and stops early on its validation events, so
-`pipelines.evaluate` can score it on the held-out test events of the same data; the manifest
+`pipelines.jobs.evaluate` can score it on the held-out test events of the same data; the manifest
 records which data and split that was, and evaluation refuses any other. The nightly retrain
-(`pipelines.retrain`) runs them on a time cut with warm-started weights.
+(`pipelines.jobs.retrain`) runs them on a time cut with warm-started weights.
 """
 
 from __future__ import annotations
@@ -28,18 +28,19 @@ from core.schema import Dataset
 from core.splits import EvalCases, leave_one_out
 from core.vocab import FIRST_ID_ROW
 from index import VideoIndex
-from pipelines import artifacts, build_index
-from pipelines.distribute import (
+from pipelines import artifacts
+from pipelines.jobs import build_index
+from pipelines.jobs.distribute import (
     barrier,
     chief_consensus,
     describe_task,
     is_chief,
     make_strategy,
 )
-from pipelines.optimizers import sparse_aware
-from pipelines.ranking_data import Retriever, case_lists, training_lists
-from pipelines.serving_state import build_serving_state
-from pipelines.weights import save_weights
+from pipelines.jobs.optimizers import sparse_aware
+from pipelines.jobs.ranking_data import Retriever, case_lists, training_lists
+from pipelines.jobs.weights import save_weights
+from pipelines.serving.state import build_serving_state
 from ranking.train import TrainedRanker, train_ranker
 from retrieval.encoders import RetrievalEncoders
 from retrieval.train import TrainedRetrieval, train_retrieval

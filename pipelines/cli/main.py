@@ -21,7 +21,6 @@ from typing import Any
 
 from core.config import (
     SyntheticConfig,
-    VidrecConfig,
     config_from_dict,
 )
 from core.errors import (
@@ -34,8 +33,9 @@ from core.errors import (
     VidrecError,
     exit_code_for,
 )
-from pipelines import bundles as bundles_cli
-from pipelines import events_cli
+from pipelines.cli import bundles as bundles_cli
+from pipelines.cli import events as events_cli
+from pipelines.cli.config_file import load_config
 
 logger = logging.getLogger("vidrec")
 
@@ -63,27 +63,8 @@ def _process_environment() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def load_config(path: str | None, overrides: dict[str, dict[str, Any]]) -> VidrecConfig:
-    """Configuration from an optional JSON file, then flag overrides per section.
-
-    Raises:
-        ConfigError: Unreadable file, unknown keys or invalid values.
-    """
-    payload: dict[str, Any] = {}
-    if path:
-        try:
-            payload = json.loads(Path(path).read_text("utf-8"))
-        except (OSError, ValueError) as error:  # bad JSON, and bytes that are not UTF-8
-            raise ConfigError(f"--config {path}: {error}") from error
-    for section, values in overrides.items():
-        clean = {k: v for k, v in values.items() if v is not None}
-        if clean:
-            payload.setdefault(section, {}).update(clean)
-    return config_from_dict(VidrecConfig, payload)
-
-
 def _load_data(args: argparse.Namespace):
-    from pipelines.datasets import load_dataset
+    from pipelines.data.datasets import load_dataset
 
     kwargs: dict[str, Any] = {"drop_duplicates": args.drop_duplicates or None}
     if args.encoding:
@@ -107,7 +88,7 @@ def _training_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipelines.synthetic import generate_platform, write_dataset
+    from pipelines.data.synthetic import generate_platform, write_dataset
 
     defaults = SyntheticConfig()
     config = SyntheticConfig(
@@ -135,8 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core.bundle import BundleStore
     from core.lock import JobLock
-    from pipelines.distribute import describe_task, is_chief
-    from pipelines.train import train_job
+    from pipelines.jobs.distribute import describe_task, is_chief
+    from pipelines.jobs.train import train_job
 
     config = load_config(args.config, _training_overrides(args))
     # One job at a time per artifacts root. Under several workers (TF_CONFIG) only the chief
@@ -179,8 +160,8 @@ def parse_cutoff(text: str) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from core.bundle import BundleStore
-    from pipelines.events import EventStore
-    from pipelines.retrain import PUBLISHED, retrain_job
+    from pipelines.jobs.retrain import PUBLISHED, retrain_job
+    from pipelines.serving.events import EventStore
 
     config = load_config(args.config, _training_overrides(args))
     cutoff = parse_cutoff(args.cutoff)
@@ -209,7 +190,7 @@ def _bundle_dir(args: argparse.Namespace) -> Path | None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.config import EvaluationConfig
-    from pipelines.evaluate import evaluate_dataset, format_table, write_result
+    from pipelines.jobs.evaluate import evaluate_dataset, format_table, write_result
 
     config = load_config(args.config, {})
     evaluation = config.evaluation
@@ -234,7 +215,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_build_index(args: argparse.Namespace) -> int:
     from core.bundle import BundleStore
     from core.lock import JobLock
-    from pipelines.build_index import build_index_job
+    from pipelines.jobs.build_index import build_index_job
 
     override = None
     if args.config:
@@ -283,10 +264,10 @@ def _serving_app(artifacts: str, events_path: str, serving: Any) -> tuple[Any, A
 
     import tensorflow as tf
 
-    from pipelines.app import create_app, start_polling
-    from pipelines.auth import KeyRing
-    from pipelines.events import EventStore
     from pipelines.serve import RecommenderService
+    from pipelines.serving.app import create_app, start_polling
+    from pipelines.serving.auth import KeyRing
+    from pipelines.serving.events import EventStore
 
     keys = KeyRing(serving)  # a malformed key fails before the bundle loads
     tf.config.threading.set_intra_op_parallelism_threads(serving.tf_threads)
@@ -354,7 +335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     serving = ServingConfig(**{**dataclasses.asdict(config.serving), **overrides})
     events_path = str(args.events or Path(args.artifacts) / "events.db")
-    from pipelines.auth import KeyRing
+    from pipelines.serving.auth import KeyRing
 
     # Read the keys now: a malformed key or keys file fails here, before anything loads.
     if not KeyRing(serving).configured and serving.host not in LOOPBACK:
@@ -513,7 +494,7 @@ def _startup_error(what: str) -> ConfigError:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
+    from pipelines.jobs.demo import run_demo
 
     run_demo(Path(args.workdir), seed=args.seed, budget_seconds=args.budget_seconds)
     return EXIT_OK

@@ -19,11 +19,11 @@ from core.bundle import BundleStore
 from core.config import SyntheticConfig, VidrecConfig
 from core.schema import Dataset
 from pipelines import plots
-from pipelines.evaluate import evaluate_dataset, format_table, write_result
-from pipelines.events import EventStore
+from pipelines.data.synthetic import generate_platform, write_dataset
+from pipelines.jobs.evaluate import evaluate_dataset, format_table, write_result
+from pipelines.jobs.train import train_job
 from pipelines.serve import Recommender, RecommenderService
-from pipelines.synthetic import generate_platform, write_dataset
-from pipelines.train import train_job
+from pipelines.serving.events import EventStore
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ can learn and a test can check (see `PlatformKnobs` for the strength of each):
 Everything is vectorised numpy: the event loop runs over event positions, each step drawing
 the next event of every still-active user at once. `generate_platform_with_truth` also returns
 the latent variables (`PlatformTruth`) for tests and oracle baselines. `write_dataset` /
-`read_dataset` (re-exported from `pipelines.datasets`) store a dataset as Parquet.
+`read_dataset` (re-exported from `pipelines.data.datasets`) store a dataset as Parquet.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import pandas as pd
 
 from core.config import SyntheticConfig, require
 from core.schema import Dataset
-from pipelines.datasets import read_dataset, write_dataset
+from pipelines.data.datasets import read_dataset, write_dataset
 
 __all__ = [
     "CATEGORY_WORDS",

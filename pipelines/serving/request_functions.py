@@ -12,8 +12,8 @@ floor of about 0.15 ms for any call. Three runtimes are offered (``serving.reque
   seconds when the bundle loads (the ranker's id table is copied into the flatbuffer).
   The conversion runs in a child process when the model comes from a SavedModel on disk: it
   holds the GIL for seconds at a time, which would stall the requests a server is answering
-  while a new bundle loads aside. The child (`pipelines.child_process.ChildProcess`) dies with
-  the server, however the server ends.
+  while a new bundle loads aside. The child (`pipelines.serving.child_process.ChildProcess`)
+  dies with the server, however the server ends.
 - ``"xla"``: the concrete function compiled with XLA.
 - ``"graph"``: the plain concrete function.
 
@@ -37,7 +37,7 @@ from ai_edge_litert.interpreter import Interpreter
 from core.config import REQUEST_RUNTIMES
 from core.errors import BundleError
 from core.features import NUMERIC_FEATURES, VideoFeatureArrays
-from pipelines.child_process import ChildProcess
+from pipelines.serving.child_process import ChildProcess
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Every bad request gets a 4xx whose body says what was wrong (``{"error": ...}``)
 client sends can produce a 500. Bounds live in the request models (built from the serving
 configuration), so ``/openapi.json`` states every limit the server enforces and every status
 code each operation can answer. When API keys are configured, ``/feedback`` needs an ingest
-key and catalogue writes and reloads an admin key (`pipelines.auth`); the `Gate` checks keys
+key and catalogue writes and reloads an admin key (`pipelines.serving.auth`); the `Gate` checks keys
 and content type before any body is read.
 """
 
@@ -44,10 +44,10 @@ from core.schema import (
     MAX_TITLE_CHARS,
     YEAR_RANGE,
 )
-from pipelines.auth import KeyRing
-from pipelines.auth import Scope as KeyScope
-from pipelines.events import EVENT_KINDS, FeedbackEvent
 from pipelines.serve import RecommenderService
+from pipelines.serving.auth import KeyRing
+from pipelines.serving.auth import Scope as KeyScope
+from pipelines.serving.events import EVENT_KINDS, FeedbackEvent
 
 logger = logging.getLogger(__name__)
 
@@ -477,7 +477,7 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
     Args:
         service: Serving recommender with hot swap.
         config: Limits and defaults.
-        keys: API keys in force (`pipelines.auth`); with none configured every endpoint is
+        keys: API keys in force (`pipelines.serving.auth`); with none configured every endpoint is
             open.
     """
     app = FastAPI(

@@ -1,0 +1,1 @@
+"""The offline jobs: train, build-index, evaluate, retrain, demo, and what only they use."""
