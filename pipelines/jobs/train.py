@@ -29,7 +29,7 @@ from core.splits import EvalCases, leave_one_out
 from core.vocab import FIRST_ID_ROW
 from index import VideoIndex
 from pipelines import artifacts
-from pipelines.jobs import build_index
+from pipelines.jobs import index_stage
 from pipelines.jobs.distribute import (
     barrier,
     chief_consensus,
@@ -37,6 +37,7 @@ from pipelines.jobs.distribute import (
     is_chief,
     make_strategy,
 )
+from pipelines.jobs.index_queries import validation_queries
 from pipelines.jobs.optimizers import sparse_aware
 from pipelines.jobs.ranking_data import Retriever, case_lists, training_lists
 from pipelines.jobs.weights import save_weights
@@ -72,7 +73,7 @@ class TrainedStages:
     ranker: TrainedRanker
     encoders: RetrievalEncoders
     catalogue: np.ndarray
-    index: build_index.IndexBuild
+    index: index_stage.IndexBuild
     validation: dict[str, float]
     seconds: dict[str, float]
     training_events: int
@@ -175,11 +176,11 @@ def train_stages(
     started = time.perf_counter()
     encoders = retrieval.encoders()
     catalogue = encoders.catalogue_embeddings(progress=progress)
-    index = build_index.build_and_verify(
+    index = index_stage.build_and_verify(
         catalogue[FIRST_ID_ROW:],
         features.video_vocab.ids,
         config.index,
-        build_index.validation_queries(encoders, catalogue, validation, config.index),
+        validation_queries(encoders, catalogue, validation, config.index),
     )
     seconds["build_index"] = time.perf_counter() - started
 
@@ -256,7 +257,7 @@ def write_bundle(
         save_weights(path / "retrieval", stages.retrieval.model.get_weights())
         artifacts.write_ranking(path, stages.ranker)
         save_weights(path / "ranking", stages.ranker.model.get_weights())
-        build_index.write_index(path, stages.index)
+        index_stage.write_index(path, stages.index)
         build_serving_state(
             dataset, stages.features, config.serving.popularity_days, events_until_id
         ).save(path / "serving")
