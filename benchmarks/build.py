@@ -16,7 +16,7 @@ Three processes, so that each figure is the build's own:
 3. this process, which waits for the build with ``os.wait4`` and reports the child's max RSS
    (``ru_maxrss``: the build alone, not the setup or training).
 
-DESIGN.md section 7 targets embed + index + verify (``embed`` + ``queries`` + ``index``) within
+docs/design.md §9 targets embed + index + verify (``embed`` + ``queries`` + ``index``) within
 3 minutes and a peak below 3 GB. ``OMP_WAIT_POLICY=PASSIVE`` is set before Faiss is imported,
 as the ``vidrec`` CLI does.
 

@@ -1,4 +1,4 @@
-"""Serving latency and throughput at catalogue scale (DESIGN.md section 7).
+"""Serving latency and throughput at catalogue scale (docs/design.md §9).
 
 1. Builds (or reuses) a bundle over a synthetic platform of ``--videos`` videos with
    ``vidrec train``'s job at short training budgets: the point is the request path, not quality.

@@ -1,4 +1,4 @@
-"""Bundles: the unit of deployment (DESIGN.md section 4).
+"""Bundles: the unit of deployment (docs/design.md §5, layout §6).
 
 ::
 

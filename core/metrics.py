@@ -1,4 +1,4 @@
-"""Full-catalogue ranking metrics with seen videos filtered (DESIGN.md section 6).
+"""Full-catalogue ranking metrics with seen videos filtered (docs/design.md §8).
 
 A scorer gives every case a score for every catalogue column; videos already in the case's
 history are removed, and each relevant video's rank is counted pessimistically (ties with other

@@ -1,4 +1,4 @@
-"""Evaluation splits (DESIGN.md section 6): chronological leave-one-out and a global time cut.
+"""Evaluation splits (docs/design.md §8): chronological leave-one-out and a global time cut.
 
 Both produce `EvalCases`: per evaluated user, the time-ordered history the model may read and
 the videos that count as relevant. Histories hold only events strictly before every target, so

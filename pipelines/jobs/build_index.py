@@ -1,4 +1,4 @@
-"""The index build job (DESIGN.md sections 2 and 4): catalogue -> video tower -> Faiss -> bundle.
+"""The index build job (docs/design.md §4, §6): catalogue -> video tower -> Faiss -> bundle.
 
 ``vidrec build-index`` takes a bundle (by default the serving one), optionally grows its feature
 space with a data set's catalogue (videos uploaded since training), embeds the whole catalogue

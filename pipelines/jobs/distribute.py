@@ -1,4 +1,4 @@
-"""The distribution strategy of a training job (DESIGN.md section 8).
+"""The distribution strategy of a training job (docs/design.md §10).
 
 ``TF_CONFIG`` naming more than one worker gives `tf.distribute.MultiWorkerMirroredStrategy`
 (set by hand, by a cluster scheduler, or by Ray Train's ``TensorflowTrainer``); otherwise the

@@ -1,6 +1,6 @@
 """Offline evaluation: a bundle's model next to the baselines, one split, one table.
 
-Leave-one-out per user (DESIGN.md section 6): the full catalogue is ranked, videos already
+Leave-one-out per user (docs/design.md §8): the full catalogue is ranked, videos already
 watched are filtered, HR@K / NDCG@K / MRR of the final list and Recall@N of the candidate list
 are averaged over users, with catalogue coverage and category diversity of the top-K lists.
 """

@@ -1,4 +1,4 @@
-"""The nightly retrain (DESIGN.md section 2): data up to a cutoff -> warm start -> gate -> publish.
+"""The nightly retrain (docs/design.md §4): data up to a cutoff -> warm start -> gate -> publish.
 
 1. Take the job lock (one run at a time; a crashed run's lock dies with it).
 2. Read the base interactions plus the event store's events before the cutoff; uploads from
