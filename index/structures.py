@@ -1,4 +1,4 @@
-"""Which Faiss structure to build, how big it is, and how to search it at an operating point.
+"""Which Faiss structure to build, its factory string, how big it is, and creating and training it.
 
 Everything here is derived from `IndexConfig` and the catalogue shape; nothing is hard-coded in the
 search path. Three kinds exist:
@@ -12,18 +12,19 @@ search path. Three kinds exist:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import os
-from collections.abc import Iterator
+import time
 from typing import Any
 
 import faiss
+import numpy as np
 
 from core.config import IndexConfig
 from core.errors import IndexBuildError
+from index.arrays import normalized, sample_rows
+from index.concurrency import omp_threads
 
 logger = logging.getLogger(__name__)
 
@@ -34,32 +35,6 @@ KINDS = (FLAT, HNSW, IVF_HNSW_PQ)
 
 _REFINE_FACTORY = {"flat": ",RFlat", "sq8": ",Refine(SQ8)", "fp16": ",Refine(SQfp16)", "none": ""}
 _REFINE_BYTES_PER_DIM = {"flat": 4.0, "sq8": 1.0, "fp16": 2.0, "none": 0.0}
-
-
-@dataclasses.dataclass(frozen=True)
-class OperatingPoint:
-    """Search parameters of one kind; ``None`` fields do not apply to it.
-
-    Attributes:
-        ef_search: HNSW candidate-list size.
-        nprobe: Inverted lists visited by IVF.
-        quantizer_ef_search: efSearch of the HNSW coarse quantizer of IVF.
-        k_factor: The refine stage re-ranks ``k * k_factor`` IVF candidates.
-    """
-
-    ef_search: int | None = None
-    nprobe: int | None = None
-    quantizer_ef_search: int | None = None
-    k_factor: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields that apply, for JSON."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> OperatingPoint:
-        """Inverse of `to_dict`."""
-        return cls(**payload)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,10 +158,21 @@ def resolve_layout(kind: str, n: int, dim: int, config: IndexConfig) -> Layout:
     raise IndexBuildError(f"unknown index kind {kind!r}; expected one of {list(KINDS)}")
 
 
-def create_index(layout: Layout, config: IndexConfig) -> faiss.Index:
-    """An empty, untrained Faiss index of ``layout`` with the inner-product metric."""
+def create_index(layout: Layout, config: IndexConfig, *, dim: int | None = None) -> faiss.Index:
+    """An empty, untrained Faiss index of ``layout`` with the inner-product metric.
+
+    Args:
+        layout: From `resolve_layout`.
+        config: Index configuration (construction-time parameters and the seed).
+        dim: Dimension of the stored vectors when it differs from ``layout.dim``: query-aware
+            coordinates store ``layout.dim + 1`` (see `index.query_aware`).
+
+    Raises:
+        IndexBuildError: Faiss refuses the factory string.
+    """
+    stored_dim = layout.dim if dim is None else dim
     try:
-        index = faiss.index_factory(layout.dim, layout.factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(stored_dim, layout.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise IndexBuildError(
             f"faiss could not create {layout.factory!r}: {_first_line(exc)}"
@@ -202,122 +188,62 @@ def create_index(layout: Layout, config: IndexConfig) -> faiss.Index:
     return index
 
 
+def train_index(
+    index: faiss.Index, layout: Layout, sample: np.ndarray, config: IndexConfig
+) -> None:
+    """Trains an IVF-PQ index's lists and codebooks on ``sample``; other kinds need no training.
+
+    Args:
+        index: From `create_index`.
+        layout: Its layout.
+        sample: Training vectors ``[m, d] float32``; at most
+            ``nlist * ivf_train_points_per_list`` rows are drawn from them.
+        config: Index configuration.
+
+    Raises:
+        IndexBuildError: Fewer training vectors than IVF lists.
+    """
+    if layout.kind != IVF_HNSW_PQ:
+        return
+    if len(sample) < layout.nlist:
+        raise IndexBuildError(
+            f"IVF with {layout.nlist} lists needs at least {layout.nlist} training "
+            f"vectors, got {len(sample)}; lower index.ivf_nlist "
+            "(0 derives it from the catalogue size)"
+        )
+    train = sample_rows(sample, layout.nlist * config.ivf_train_points_per_list, config.seed)
+    train = normalized(train, "sample") if config.normalize else np.ascontiguousarray(train)
+    started = time.perf_counter()
+    with omp_threads(config.build_threads):
+        index.train(train)
+    logger.info(
+        "trained %s on %d vectors in %.1f s",
+        layout.factory,
+        len(train),
+        time.perf_counter() - started,
+    )
+
+
+def structure_parameters(layout: Layout, config: IndexConfig) -> dict[str, Any]:
+    """The size and construction parameters of ``layout``, for the index report."""
+    if layout.kind == HNSW:
+        return {"hnsw_m": config.hnsw_m, "hnsw_ef_construction": config.hnsw_ef_construction}
+    if layout.kind == IVF_HNSW_PQ:
+        return {
+            "nlist": layout.nlist,
+            "quantizer_hnsw_m": config.ivf_quantizer_hnsw_m,
+            "pq_m": layout.pq_m,
+            "pq_nbits": config.pq_nbits,
+            "refine": layout.refine,
+        }
+    return {}
+
+
 def ivf_parts(index: faiss.Index) -> tuple[faiss.IndexIVF, faiss.Index | None]:
     """The IVF base index and the refine index (``None`` without refine) of an IVF-PQ index."""
     if isinstance(index, faiss.IndexRefine):
         return faiss.downcast_index(index.base_index), faiss.downcast_index(index.refine_index)
     return faiss.downcast_index(index), None
-
-
-def default_point(layout: Layout, config: IndexConfig) -> OperatingPoint:
-    """Most accurate configured point: used before tuning (e.g. a shard not yet merged)."""
-    if layout.kind == HNSW:
-        return OperatingPoint(ef_search=max(config.hnsw_ef_search))
-    if layout.kind == IVF_HNSW_PQ:
-        nprobe = min(max(config.ivf_nprobe), layout.nlist)
-        return ivf_point(nprobe, max(config.refine_k_factor), layout, config)
-    return OperatingPoint()
-
-
-def ivf_point(
-    nprobe: int, k_factor: float | None, layout: Layout, config: IndexConfig
-) -> OperatingPoint:
-    """IVF operating point with the coarse quantizer's efSearch derived from ``nprobe``."""
-    nprobe = max(1, min(int(nprobe), layout.nlist))
-    quantizer_ef = max(nprobe, math.ceil(config.ivf_quantizer_ef_factor * nprobe))
-    return OperatingPoint(
-        nprobe=nprobe,
-        quantizer_ef_search=quantizer_ef,
-        k_factor=float(k_factor) if layout.refine != "none" and k_factor is not None else None,
-    )
-
-
-def candidate_ladders(layout: Layout, config: IndexConfig, k: int) -> list[list[OperatingPoint]]:
-    """Operating points to try when tuning for top-``k``, as ladders of rising accuracy and cost.
-
-    Tuning walks each ladder until the target is met (further rungs only cost more). HNSW
-    searches with ``max(efSearch, k)``, so smaller efSearch values collapse onto ``k``.
-    """
-    if layout.kind == FLAT:
-        return [[OperatingPoint()]]
-    if layout.kind == HNSW:
-        efs = sorted({max(ef, k) for ef in config.hnsw_ef_search})
-        return [[OperatingPoint(ef_search=ef) for ef in efs]]
-    nprobes = sorted({min(p, layout.nlist) for p in config.ivf_nprobe})
-    k_factors: list[float | None] = (
-        sorted({float(f) for f in config.refine_k_factor}) if layout.refine != "none" else [None]
-    )
-    return [[ivf_point(p, f, layout, config) for p in nprobes] for f in k_factors]
-
-
-def escalate(point: OperatingPoint, layout: Layout, ntotal: int) -> OperatingPoint | None:
-    """A wider (more exhaustive) point for rows a search could not fill; ``None`` at the limit."""
-    if layout.kind == HNSW:
-        current = point.ef_search or 16
-        if current >= ntotal:
-            return None
-        return dataclasses.replace(point, ef_search=min(ntotal, current * 4))
-    if layout.kind == IVF_HNSW_PQ:
-        current = point.nprobe or 1
-        if current >= layout.nlist:
-            return None
-        nprobe = min(layout.nlist, current * 4)
-        quantizer_ef = max(point.quantizer_ef_search or 0, 2 * nprobe)
-        return dataclasses.replace(point, nprobe=nprobe, quantizer_ef_search=quantizer_ef)
-    return None
-
-
-def search_parameters(
-    layout: Layout, point: OperatingPoint, selector: faiss.IDSelector | None
-) -> faiss.SearchParameters | None:
-    """Faiss search parameters for ``point``, passed per call (searches never share state)."""
-    if layout.kind == FLAT:
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
-    if layout.kind == HNSW:
-        kwargs: dict[str, Any] = {"efSearch": int(point.ef_search or 16)}
-        if selector is not None:
-            kwargs["sel"] = selector
-        return faiss.SearchParametersHNSW(**kwargs)
-    quantizer = faiss.SearchParametersHNSW(efSearch=int(point.quantizer_ef_search or 16))
-    ivf_kwargs: dict[str, Any] = {"nprobe": int(point.nprobe or 1), "quantizer_params": quantizer}
-    if selector is not None:
-        ivf_kwargs["sel"] = selector
-    ivf = faiss.SearchParametersIVF(**ivf_kwargs)
-    if layout.refine == "none":
-        return ivf
-    return faiss.IndexRefineSearchParameters(
-        k_factor=float(point.k_factor or 1.0), base_index_params=ivf
-    )
-
-
-def default_threads() -> int:
-    """Cores this process may use (``OMP_NUM_THREADS`` if set)."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def omp_threads(n: int) -> Iterator[None]:
-    """Sets Faiss' OpenMP threads of the calling thread to ``n`` (0: all cores) for a block.
-
-    OpenMP keeps this setting per thread, so request threads using one thread each do not change
-    what a batch job in another thread uses.
-    """
-    wanted = n if n > 0 else default_threads()
-    previous = faiss.omp_get_max_threads()
-    if previous == wanted:
-        yield
-        return
-    faiss.omp_set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,9 +11,8 @@ import pytest
 
 from core.config import IndexConfig
 from core.errors import ConfigError, DataError
-from index import VideoIndex, exact_search, recall_at_k
+from index import META_FILE, VideoIndex, exact_search, recall_at_k
 from index.query_aware import QueryAwareTransform
-from index.video_index import META_FILE
 from tests.index.conftest import DIM, clustered_embeddings, config_for
 
 
@@ -88,6 +87,8 @@ def test_queries_apart_from_the_videos_get_the_query_aware_graph(catalogue, tmp_
     assert loaded.query_aware
     again_scores, again = loaded.search(q, 100)
     assert np.array_equal(again, found) and np.array_equal(again_scores, scores)
+    # Re-tuning reads the stored vectors back out of the query-fitted coordinates.
+    assert loaded.tune(catalogue["tuning"])["recall"]["at_k"] >= 0.95
 
     # Uploads go through the same coordinates; a removed video never comes back.
     new = cone_queries(1, seed=9)  # a video right where the queries look

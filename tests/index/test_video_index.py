@@ -1,4 +1,4 @@
-"""VideoIndex: recall against exact search, exclusions, live changes, persistence, sharding.
+"""VideoIndex: recall against exact search, exclusions, live changes, persistence.
 
 Approximate results are always checked against exact inner-product search on the same seeded
 data (the way Faiss' own tests do). Each kind is built and tuned once per module, saved, and every
@@ -16,22 +16,18 @@ import numpy as np
 import pytest
 
 from core.config import IndexConfig, VidrecConfig, config_from_dict, config_to_dict
-from core.errors import BundleError, ConfigError, DataError, IndexBuildError, NotFittedError
+from core.errors import BundleError, ConfigError, DataError, IndexBuildError
 from index import (
+    IDS_FILE,
     INDEX_FILE,
     META_FILE,
     REPORT_FILE,
     OperatingPoint,
-    ShardedIndex,
     VideoIndex,
-    add_shard,
     choose_kind,
     exact_search,
-    merge_shards,
     recall_at_k,
-    train_empty,
 )
-from index.video_index import IDS_FILE
 from tests.index.conftest import DIM, config_for
 
 KINDS = ["flat", "hnsw", "ivf_hnsw_pq"]
@@ -121,6 +117,27 @@ def test_unreachable_recall_target_fails_loudly(data):
 def test_tuning_without_held_out_queries_is_recorded(data):
     index = VideoIndex.build(data["embeddings"][:2000], data["ids"][:2000], config_for("hnsw"))
     assert index.report["tuning"]["query_source"] == "catalogue_sample"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_loaded_index_retunes_on_its_own_stored_vectors(kind, saved, data):
+    index = fresh(saved, kind)
+    q = data["queries"]
+    report = index.tune(q)  # no embeddings=: exact ground truth from the index's own storage
+    assert report["recall"]["at_k"] >= 0.95 and report["tuning"]["query_source"] == "held_out"
+    _, truth = exact(data, q, 100)
+    assert recall_at_k(index.search(q, 100)[1], truth, 100) >= 0.95
+    if kind == "hnsw":  # without queries, vectors read back from the structure stand in
+        assert index.tune()["tuning"]["query_source"] == "catalogue_sample"
+
+
+def test_tuning_an_index_that_keeps_only_codes_needs_the_embeddings(data):
+    x, ids, q = data["embeddings"][:2000], data["ids"][:2000], data["queries"]
+    cfg = config_for("ivf_hnsw_pq", refine="sq8", ivf_nlist=16)
+    index = VideoIndex.build(x, ids, cfg, tune=False)
+    with pytest.raises(IndexBuildError, match="keeps no exact vectors; pass embeddings="):
+        index.tune(q)
+    assert index.tune(q, embeddings=x, ids=ids)["recall"]["at_k"] >= 0.95
 
 
 # ---------------------------------------------------------------------------- search contract
@@ -336,16 +353,6 @@ def test_save_load_round_trip_gives_identical_results(kind, saved, data, tmp_pat
         np.testing.assert_array_equal(s1, s2)
 
 
-def assert_same_ranking(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray) -> None:
-    """Equal scores, and equal ids except where two neighbours tie on score (order is free)."""
-    np.testing.assert_allclose(s1, s2, rtol=0, atol=1e-6)
-    rows, cols = np.nonzero(i1 != i2)
-    for r, c in zip(rows, cols, strict=True):
-        neighbours = s1[r, max(c - 1, 0) : c + 2]
-        assert np.sum(np.abs(neighbours - s1[r, c]) < 1e-6) >= 2, (r, c)
-        assert i2[r, c] in i1[r] or c == i1.shape[1] - 1
-
-
 def _copy(src: Path, dst: Path) -> Path:
     dst.mkdir()
     for f in src.iterdir():
@@ -403,81 +410,6 @@ def test_dimension_mismatch_is_refused(saved):
     ):
         VideoIndex.load(saved["flat"], expected_dim=32)
     assert VideoIndex.load(saved["flat"], expected_dim=64).dim == 64
-
-
-# ---------------------------------------------------------------------------- sharding
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_shard_build_then_merge_equals_a_single_build(kind, data):
-    x, ids, q = data["embeddings"], data["ids"], data["queries"]
-    cfg = config_for(kind, build_threads=1)
-    trained = train_empty(x[::3], cfg, expected_count=len(x))
-    single = add_shard(trained, x, ids)
-    parts = np.array_split(np.arange(len(x)), 3)
-    shards = [add_shard(trained, x[p], ids[p]) for p in parts]
-    merged = merge_shards(shards)
-    assert merged.count == single.count == len(x)
-    assert sorted(merged.ids().tolist()) == sorted(ids.tolist())
-    with pytest.raises(NotFittedError, match="merged into another one"):
-        shards[1].search(q[:1], 5)
-    point = merged.operating_point
-    assert point == single.operating_point
-    s1, i1 = single.search(q, 50)
-    s2, i2 = merged.search(q, 50)
-    if kind == "hnsw":  # a graph cannot be merged; the merge re-inserts, so compare quality
-        _, truth = exact(data, q, 50)
-        assert abs(recall_at_k(i1, truth, 50) - recall_at_k(i2, truth, 50)) < 0.01
-        assert recall_at_k(i2, truth, 50) > 0.97
-    else:
-        np.testing.assert_array_equal(i1, i2)
-        np.testing.assert_allclose(s1, s2, rtol=1e-6)
-    report = merged.tune(q)
-    assert report["recall"]["at_k"] >= 0.95
-
-
-def test_shards_sharing_ids_or_training_do_not_merge(data):
-    x, ids = data["embeddings"][:2000], data["ids"][:2000]
-    cfg = config_for("flat")
-    trained = train_empty(x, cfg, expected_count=2000)
-    a = add_shard(trained, x[:1200], ids[:1200])
-    b = add_shard(trained, x[1000:], ids[1000:])
-    with pytest.raises(DataError, match="200 video id"):
-        merge_shards([a, b])
-    other = train_empty(x, config_for("hnsw"), expected_count=2000)
-    with pytest.raises(DataError, match="shards differ"):
-        merge_shards([a, add_shard(other, x[1500:], ids[1500:])])
-
-
-def test_sharded_search_equals_unsharded(data):
-    x, ids, q = data["embeddings"], data["ids"], data["queries"]
-    cfg = config_for("flat")
-    whole = VideoIndex.build(x, ids, cfg, tune=False)
-    parts = np.array_split(np.random.default_rng(3).permutation(len(x)), 3)
-    shards = [VideoIndex.build(x[p], ids[p], cfg, tune=False) for p in parts]
-    exclude = [ids[i : i + 4] for i in range(len(q))]
-    with ShardedIndex(shards) as sharded:
-        assert sharded.count == len(x)
-        for queries, ex in ((q, exclude), (q[:1], exclude[:1]), (q, None)):
-            s1, i1 = whole.search(queries, 100, exclude=ex)
-            s2, i2 = sharded.search(queries, 100, exclude=ex)
-            assert_same_ranking(s1, i1, s2, i2)
-        # Live changes route to one shard and stay disjoint.
-        new_id = 10**9
-        assert sharded.add(q[:1], [new_id]) == 0
-        assert sharded.add(q[1:2], [new_id]) == 1
-        assert sharded.search(q[1:2], 1)[1][0, 0] == new_id
-        assert sharded.remove([new_id]) == 1
-        assert new_id not in sharded.search(q[1:2], 10)[1]
-
-
-def test_sharded_index_refuses_overlapping_shards(data):
-    x, ids = data["embeddings"][:500], data["ids"][:500]
-    cfg = config_for("flat")
-    a = VideoIndex.build(x[:300], ids[:300], cfg, tune=False)
-    b = VideoIndex.build(x[200:], ids[200:], cfg, tune=False)
-    with pytest.raises(DataError, match="in several shards"):
-        ShardedIndex([a, b])
 
 
 # ---------------------------------------------------------------------------- config
