@@ -23,24 +23,29 @@ can learn and a test can check (see `PlatformKnobs` for the strength of each):
 Everything is vectorised numpy: the event loop runs over event positions, each step drawing
 the next event of every still-active user at once. `generate_platform_with_truth` also returns
 the latent variables (`PlatformTruth`) for tests and oracle baselines. `write_dataset` /
-`read_dataset` (re-exported from `pipelines.data.datasets`) store a dataset as Parquet.
+`read_dataset` (re-exported from `pipelines.data.layout`) store a dataset as Parquet. The
+word lists titles, tags and names are made of are package data (`WORDS_FILE`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
+from importlib import resources
 
 import numpy as np
 import pandas as pd
 
 from core.config import SyntheticConfig, require
 from core.schema import Dataset
-from pipelines.data.datasets import read_dataset, write_dataset
+from pipelines.data.layout import read_dataset, write_dataset
 
 __all__ = [
     "CATEGORY_WORDS",
+    "SPAN_START",
+    "WORDS_FILE",
     "PlatformKnobs",
     "PlatformTruth",
     "generate_platform",
@@ -55,405 +60,38 @@ logger = logging.getLogger(__name__)
 SPAN_START = 1_704_067_200
 DAY = 86_400
 
+#: Package data file holding the word lists: ``categories`` (name -> title words, in the
+#: order categories are used), ``generic`` (title openers) and ``syllables`` (made-up words
+#: and creator names). Changing it changes every generated platform.
+WORDS_FILE = "synthetic_words.json"
+
+
+def _load_words() -> tuple[dict[str, tuple[str, ...]], tuple[str, ...], tuple[str, ...]]:
+    """Reads `WORDS_FILE` from the package and checks the shapes the generator relies on.
+
+    Returns:
+        Category name -> its title words (every category the same number), the generic
+        title words and the syllables (distinct).
+
+    Raises:
+        RuntimeError: The file is malformed (a broken install or a bad edit, not bad input).
+    """
+    path = resources.files(__package__ or "pipelines.data").joinpath(WORDS_FILE)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    categories = {str(name): tuple(words) for name, words in data["categories"].items()}
+    syllables = tuple(data["syllables"])
+    # Title words are drawn from a [C, W] array, so every category needs the same W; made-up
+    # words and creator names are syllable codes, so a repeated syllable would repeat names.
+    if len({len(words) for words in categories.values()}) != 1 or not categories:
+        raise RuntimeError(f"{WORDS_FILE}: every category must have the same number of words")
+    if len(set(syllables)) != len(syllables):
+        raise RuntimeError(f"{WORDS_FILE}: the syllables must be distinct")
+    return categories, tuple(data["generic"]), syllables
+
+
 #: Category names and the words their titles are made of (extra categories get made-up words).
-CATEGORY_WORDS: dict[str, tuple[str, ...]] = {
-    "music": (
-        "song",
-        "beat",
-        "guitar",
-        "remix",
-        "album",
-        "lyrics",
-        "cover",
-        "concert",
-        "band",
-        "piano",
-        "playlist",
-        "drums",
-    ),
-    "gaming": (
-        "gameplay",
-        "speedrun",
-        "boss",
-        "level",
-        "walkthrough",
-        "minecraft",
-        "strategy",
-        "esports",
-        "loot",
-        "quest",
-        "console",
-        "patch",
-    ),
-    "cooking": (
-        "recipe",
-        "pasta",
-        "bread",
-        "kitchen",
-        "dinner",
-        "baking",
-        "spicy",
-        "chicken",
-        "vegan",
-        "dessert",
-        "grill",
-        "soup",
-    ),
-    "fitness": (
-        "workout",
-        "cardio",
-        "yoga",
-        "strength",
-        "abs",
-        "stretch",
-        "running",
-        "squat",
-        "hiit",
-        "muscle",
-        "core",
-        "pushup",
-    ),
-    "travel": (
-        "trip",
-        "beach",
-        "city",
-        "hotel",
-        "backpacking",
-        "island",
-        "flight",
-        "roadtrip",
-        "hiking",
-        "tokyo",
-        "paris",
-        "itinerary",
-    ),
-    "tech": (
-        "unboxing",
-        "laptop",
-        "phone",
-        "camera",
-        "gadget",
-        "benchmark",
-        "setup",
-        "keyboard",
-        "chip",
-        "battery",
-        "monitor",
-        "smartwatch",
-    ),
-    "science": (
-        "physics",
-        "space",
-        "chemistry",
-        "experiment",
-        "biology",
-        "quantum",
-        "planet",
-        "rocket",
-        "molecule",
-        "evolution",
-        "lab",
-        "telescope",
-    ),
-    "education": (
-        "lesson",
-        "lecture",
-        "math",
-        "grammar",
-        "exam",
-        "study",
-        "explained",
-        "course",
-        "calculus",
-        "vocabulary",
-        "algebra",
-        "homework",
-    ),
-    "comedy": (
-        "sketch",
-        "prank",
-        "standup",
-        "parody",
-        "funny",
-        "jokes",
-        "roast",
-        "improv",
-        "bloopers",
-        "satire",
-        "skit",
-        "laugh",
-    ),
-    "news": (
-        "breaking",
-        "report",
-        "election",
-        "economy",
-        "debate",
-        "headlines",
-        "policy",
-        "press",
-        "briefing",
-        "correspondent",
-        "summit",
-        "poll",
-    ),
-    "sports": (
-        "football",
-        "basketball",
-        "highlights",
-        "goal",
-        "match",
-        "tennis",
-        "soccer",
-        "playoffs",
-        "dunk",
-        "league",
-        "transfer",
-        "derby",
-    ),
-    "diy": (
-        "woodworking",
-        "repair",
-        "garden",
-        "renovation",
-        "crafts",
-        "tools",
-        "paint",
-        "furniture",
-        "restore",
-        "plumbing",
-        "organizing",
-        "workshop",
-    ),
-    "beauty": (
-        "makeup",
-        "skincare",
-        "hairstyle",
-        "nails",
-        "lipstick",
-        "glow",
-        "fashion",
-        "outfit",
-        "haul",
-        "palette",
-        "contour",
-        "serum",
-    ),
-    "animals": (
-        "dogs",
-        "cats",
-        "puppy",
-        "kitten",
-        "wildlife",
-        "rescue",
-        "birds",
-        "aquarium",
-        "horse",
-        "zoo",
-        "pets",
-        "parrot",
-    ),
-    "movies": (
-        "film",
-        "trailer",
-        "cinema",
-        "director",
-        "scene",
-        "oscars",
-        "sequel",
-        "boxoffice",
-        "screenplay",
-        "actor",
-        "blockbuster",
-        "premiere",
-    ),
-    "kids": (
-        "cartoon",
-        "nursery",
-        "alphabet",
-        "toys",
-        "colors",
-        "puzzle",
-        "crayons",
-        "abc",
-        "lullaby",
-        "playtime",
-        "dinosaur",
-        "rhymes",
-    ),
-    "cars": (
-        "engine",
-        "supercar",
-        "drift",
-        "motorsport",
-        "tuning",
-        "electric",
-        "racing",
-        "garage",
-        "offroad",
-        "turbo",
-        "dashcam",
-        "sedan",
-    ),
-    "finance": (
-        "stocks",
-        "investing",
-        "crypto",
-        "budget",
-        "savings",
-        "market",
-        "retirement",
-        "taxes",
-        "dividends",
-        "trading",
-        "inflation",
-        "mortgage",
-    ),
-    "art": (
-        "painting",
-        "drawing",
-        "sketching",
-        "watercolor",
-        "portrait",
-        "sculpture",
-        "canvas",
-        "illustration",
-        "anime",
-        "calligraphy",
-        "gallery",
-        "pottery",
-    ),
-    "asmr": (
-        "whisper",
-        "tapping",
-        "relaxing",
-        "sleep",
-        "tingles",
-        "triggers",
-        "soft",
-        "brushing",
-        "ambient",
-        "rain",
-        "roleplay",
-        "calm",
-    ),
-    "podcast": (
-        "talk",
-        "guests",
-        "conversation",
-        "mic",
-        "panel",
-        "opinions",
-        "chat",
-        "host",
-        "rant",
-        "deepdive",
-        "topics",
-        "weekly",
-    ),
-    "history": (
-        "ancient",
-        "empire",
-        "war",
-        "medieval",
-        "rome",
-        "castle",
-        "revolution",
-        "dynasty",
-        "pharaoh",
-        "archive",
-        "battle",
-        "vikings",
-    ),
-    "vlog": (
-        "daily",
-        "morning",
-        "family",
-        "apartment",
-        "weekend",
-        "grwm",
-        "diary",
-        "couple",
-        "college",
-        "moving",
-        "life",
-        "errands",
-    ),
-    "nature": (
-        "forest",
-        "mountains",
-        "ocean",
-        "waterfall",
-        "sunset",
-        "timelapse",
-        "landscape",
-        "river",
-        "volcano",
-        "glacier",
-        "desert",
-        "storm",
-    ),
-}
-_GENERIC_WORDS = (
-    "best",
-    "new",
-    "top",
-    "how",
-    "why",
-    "my",
-    "ultimate",
-    "first",
-    "full",
-    "vs",
-    "guide",
-    "tips",
-    "epic",
-    "honest",
-    "official",
-    "secret",
-    "easy",
-    "real",
-    "crazy",
-    "perfect",
-)
-_SYLLABLES = (
-    "ka",
-    "lo",
-    "mi",
-    "ra",
-    "zen",
-    "vo",
-    "ti",
-    "na",
-    "sha",
-    "ko",
-    "ru",
-    "el",
-    "an",
-    "be",
-    "do",
-    "fi",
-    "ga",
-    "hu",
-    "ix",
-    "jo",
-    "ke",
-    "li",
-    "mo",
-    "nu",
-    "ox",
-    "pa",
-    "qui",
-    "re",
-    "si",
-    "tu",
-    "ul",
-    "ve",
-    "wa",
-    "xa",
-    "yo",
-    "zu",
-)
+CATEGORY_WORDS: dict[str, tuple[str, ...]]
+CATEGORY_WORDS, _GENERIC_WORDS, _SYLLABLES = _load_words()
 #: Video formats: name, duration multiplier, share.
 _FORMATS = (
     ("short", 0.15, 0.20),
@@ -632,11 +270,11 @@ def generate_platform_with_truth(
     config = config or SyntheticConfig()
     knobs = knobs or PlatformKnobs()
     started = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
     span = (SPAN_START, SPAN_START + config.days * DAY)
-    catalogue = _Catalogue.draw(config, knobs, rng, span)
-    people = _Users.draw(config, knobs, rng, span, catalogue)
-    events, counts = _simulate(config, knobs, rng, span, catalogue, people)
+    setting = _Setting(config, knobs, np.random.default_rng(config.seed), span)
+    catalogue = _Catalogue.draw(setting)
+    people = _Users.draw(setting, catalogue)
+    events, counts = _simulate(setting, catalogue, people)
     drawn = time.perf_counter()
     if len(events["time"]) < 0.95 * config.num_events:
         logger.warning(
@@ -691,6 +329,26 @@ def generate_platform_with_truth(
         counts,
     )
     return dataset, truth
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    """What every stage of one generation reads.
+
+    The stages draw from the one ``rng`` in a fixed order (catalogue, users, events); that
+    order, not only the seed, is what makes a config reproduce its platform bit for bit.
+
+    Attributes:
+        config: Sizes, span and seed.
+        knobs: Strength of the planted structures.
+        rng: The generator seeded with ``config.seed``.
+        span: ``(start, end)`` of the event log in seconds since the epoch.
+    """
+
+    config: SyntheticConfig
+    knobs: PlatformKnobs
+    rng: np.random.Generator
+    span: tuple[int, int]
 
 
 # --------------------------------------------------------------------------------------------
@@ -763,13 +421,9 @@ class _Catalogue:
     tags: list[tuple[str, ...]]
 
     @classmethod
-    def draw(
-        cls,
-        config: SyntheticConfig,
-        knobs: PlatformKnobs,
-        rng: np.random.Generator,
-        span: tuple[int, int],
-    ) -> _Catalogue:
+    def draw(cls, setting: _Setting) -> _Catalogue:
+        """Draws the catalogue: categories, creators, series, uploads, quality, metadata."""
+        config, knobs, rng, span = setting.config, setting.knobs, setting.rng, setting.span
         num_videos, num_categories = config.num_videos, config.num_categories
         num_creators = config.num_creators
         names, words = _category_words(num_categories, rng)
@@ -972,14 +626,9 @@ class _Users:
     window_end: np.ndarray
 
     @classmethod
-    def draw(
-        cls,
-        config: SyntheticConfig,
-        knobs: PlatformKnobs,
-        rng: np.random.Generator,
-        span: tuple[int, int],
-        catalogue: _Catalogue,
-    ) -> _Users:
+    def draw(cls, setting: _Setting, catalogue: _Catalogue) -> _Users:
+        """Draws the users: interests and their drift, country, device, activity, windows."""
+        config, knobs, rng, span = setting.config, setting.knobs, setting.rng, setting.span
         num_users, num_categories = config.num_users, config.num_categories
         popularity = catalogue.category_popularity
         max_slots = min(knobs.max_interests, num_categories)
@@ -1172,14 +821,10 @@ class _RangeSampler:
 
 
 def _simulate(
-    config: SyntheticConfig,
-    knobs: PlatformKnobs,
-    rng: np.random.Generator,
-    span: tuple[int, int],
-    catalogue: _Catalogue,
-    people: _Users,
+    setting: _Setting, catalogue: _Catalogue, people: _Users
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Draws every user's watch sequence, one event position at a time for all users."""
+    config, knobs, rng, span = setting.config, setting.knobs, setting.rng, setting.span
     num_videos = config.num_videos
     num_categories = config.num_categories
     upload = catalogue.upload

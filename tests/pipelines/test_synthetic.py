@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 import time
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from core.schema import Dataset
 from pipelines.data.datasets import load_dataset
 from pipelines.data.synthetic import (
     CATEGORY_WORDS,
+    WORDS_FILE,
     PlatformKnobs,
     PlatformTruth,
     generate_platform,
@@ -253,6 +258,31 @@ def test_more_categories_than_named_ones() -> None:
     dataset, truth = generate_platform_with_truth(config)
     assert len(set(truth.category_names)) == 40
     assert dataset.videos["categories"].map(lambda c: c[0]).nunique() > 25
+
+
+def test_titles_tags_and_creators_are_made_of_the_packaged_word_lists() -> None:
+    # The word lists are package data (pipelines/data/synthetic_words.json): every word of
+    # the generated metadata must come from that file, whatever the seed.
+    dataset, truth = generate_platform_with_truth(TINY)
+    words = json.loads(resources.files("pipelines.data").joinpath(WORDS_FILE).read_text("utf-8"))
+    assert {k: tuple(v) for k, v in words["categories"].items()} == CATEGORY_WORDS
+    assert truth.category_names == tuple(words["categories"])[: TINY.num_categories]
+    known = set(words["generic"]) | {w for ws in words["categories"].values() for w in ws}
+    videos = dataset.videos
+    for title in videos["title"]:
+        text, _ = title.split(" | ")
+        assert {w for w in text.split() if not w.isdigit()} - {"ep"} <= known, title
+    assert all(tag[2] in words["categories"][tag[0]] for tag in videos["tags"])
+    syllable = "|".join(words["syllables"])
+    creator = re.compile(f"({syllable.title()})({syllable}){{2,3}}")
+    assert all(creator.fullmatch(name) for name in videos["creator"].unique())
+
+
+def test_word_lists_ship_in_a_non_editable_install() -> None:
+    # A wheel holds only the data files pyproject's package-data names.
+    with open(Path(__file__).parents[2] / "pyproject.toml", "rb") as handle:
+        package_data = tomllib.load(handle)["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch.fnmatch(WORDS_FILE, p) for p in package_data["pipelines.data"])
 
 
 def test_knobs_are_validated() -> None:
