@@ -8,9 +8,12 @@ JSON (``config.json`` in a bundle), refusing unknown keys so that typos do not p
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import numbers
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from core.errors import ConfigError
@@ -24,6 +27,19 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raises `ConfigError` naming ``field`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def require_at_least(config: Any, section: str, minimums: dict[str, float]) -> None:
+    """Raises `ConfigError` for the first field of ``config`` below its minimum.
+
+    Args:
+        config: A config dataclass.
+        section: Its section name, the prefix of the field named in the error.
+        minimums: Smallest allowed value per field name.
+    """
+    for name, minimum in minimums.items():
+        value = getattr(config, name)
+        require(value >= minimum, f"{section}.{name}", f"must be >= {minimum:g}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,20 +111,58 @@ class FeatureConfig:
     use_user_id: bool = False
 
     def __post_init__(self) -> None:
-        f = "features"
-        require(
-            self.history_length >= 1,
-            f"{f}.history_length",
-            f"must be >= 1, got {self.history_length}",
-        )
-        require(self.max_categories >= 1, f"{f}.max_categories", "must be >= 1")
-        require(self.max_tokens >= 1, f"{f}.max_tokens", "must be >= 1")
-        require(self.token_hash_buckets >= 1, f"{f}.token_hash_buckets", "must be >= 1")
+        names = ("history_length", "max_categories", "max_tokens", "token_hash_buckets")
+        require_at_least(self, "features", dict.fromkeys(names, 1))
 
 
 @dataclasses.dataclass(frozen=True)
-class RetrievalConfig:
+class TrainingConfig:
+    """How a model trains: the fields `RetrievalConfig` and `RankingConfig` share.
+
+    Each of the two sets its own defaults for ``batch_size``, ``max_epochs`` and ``patience``.
+
+    Attributes:
+        batch_size: Training examples per step (windows of a user's history for retrieval).
+        learning_rate: Adam learning rate.
+        sparse_table_rows: Embedding tables with more rows than this (video and user ids of a
+            large catalogue) are trained with Adagrad, whose sparse update touches only the
+            rows of a batch; Keras' Adam rewrites the whole table every step.
+        sparse_learning_rate: Adagrad learning rate of those tables.
+        max_epochs: Upper bound on epochs; early stopping usually ends sooner.
+        patience: Epochs without a better validation metric before stopping (Recall@N for
+            retrieval, NDCG@10 for ranking).
+        max_train_seconds: Wall-clock budget for training; 0 means none.
+        seed: Seed of initialisation, sampling and shuffling.
+    """
+
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    sparse_table_rows: int = 100_000
+    sparse_learning_rate: float = 0.05
+    max_epochs: int = 50
+    patience: int = 3
+    max_train_seconds: float = 0.0
+    seed: int = 0
+
+    def _check_training(self, section: str, min_batch_size: int) -> None:
+        """Checks the shared fields, naming them under ``section``.
+
+        Raises:
+            ConfigError: A field out of range.
+        """
+        minimums = {"batch_size": min_batch_size, "max_epochs": 1, "patience": 1}
+        require_at_least(self, section, {**minimums, "sparse_table_rows": 0})
+        require(self.learning_rate > 0.0, f"{section}.learning_rate", "must be > 0")
+        require(self.sparse_learning_rate > 0.0, f"{section}.sparse_learning_rate", "must be > 0")
+        require(self.max_train_seconds >= 0.0, f"{section}.max_train_seconds", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig(TrainingConfig):
     """Two-tower retrieval model and its training (`retrieval`).
+
+    The training fields (``batch_size``, ``learning_rate``, ``max_epochs``, ...) are
+    `TrainingConfig`'s; ``batch_size`` counts windows and must be >= 2 (in-batch negatives).
 
     Attributes:
         embedding_dim: Output dimension of both towers (the index dimension).
@@ -127,17 +181,7 @@ class RetrievalConfig:
             trained once, in the most recent window that shows it at least
             ``history_length - window_stride`` earlier watches. Equal to ``history_length``
             (no overlap) is fastest; smaller gives long histories to more targets.
-        batch_size: Windows per training step.
-        learning_rate: Adam learning rate.
-        sparse_table_rows: Embedding tables with more rows than this (video and user ids of a
-            large catalogue) are trained with Adagrad, whose sparse update touches only the
-            rows of a batch; Keras' Adam rewrites the whole table every step.
-        sparse_learning_rate: Adagrad learning rate of those tables.
-        max_epochs: Upper bound on epochs; early stopping usually ends sooner.
-        patience: Epochs without a better validation Recall@N before stopping.
         validation_recall_at: N of the validation Recall@N used for early stopping.
-        max_train_seconds: Wall-clock budget for training; 0 means none.
-        seed: Seed of initialisation, shuffling and negative sampling.
     """
 
     embedding_dim: int = 64
@@ -150,27 +194,19 @@ class RetrievalConfig:
     remove_accidental_hits: bool = True
     extra_negatives: int = 1024
     window_stride: int = 50
+    validation_recall_at: int = 100
     batch_size: int = 32
-    learning_rate: float = 1e-3
-    sparse_table_rows: int = 100_000
-    sparse_learning_rate: float = 0.05
     max_epochs: int = 200
     patience: int = 5
-    validation_recall_at: int = 100
-    max_train_seconds: float = 0.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
         f = "retrieval"
-        require(
-            self.embedding_dim >= 2, f"{f}.embedding_dim", f"must be >= 2, got {self.embedding_dim}"
-        )
+        require_at_least(self, f, {"embedding_dim": 2, "num_blocks": 1})
         require(
             self.embedding_dim % self.num_heads == 0 if self.num_heads > 0 else False,
             f"{f}.num_heads",
             f"must be >= 1 and divide embedding_dim={self.embedding_dim}, got {self.num_heads}",
         )
-        require(self.num_blocks >= 1, f"{f}.num_blocks", f"must be >= 1, got {self.num_blocks}")
         require(0.0 <= self.dropout < 1.0, f"{f}.dropout", f"must be in [0, 1), got {self.dropout}")
         require(
             0.0 <= self.id_dropout < 1.0,
@@ -178,21 +214,18 @@ class RetrievalConfig:
             f"must be in [0, 1), got {self.id_dropout}",
         )
         require(self.temperature > 0.0, f"{f}.temperature", f"must be > 0, got {self.temperature}")
-        require(self.extra_negatives >= 0, f"{f}.extra_negatives", "must be >= 0")
-        require(
-            self.window_stride >= 1, f"{f}.window_stride", f"must be >= 1, got {self.window_stride}"
+        require_at_least(
+            self, f, {"extra_negatives": 0, "window_stride": 1, "validation_recall_at": 1}
         )
-        require(self.batch_size >= 2, f"{f}.batch_size", f"must be >= 2, got {self.batch_size}")
-        require(self.learning_rate > 0.0, f"{f}.learning_rate", "must be > 0")
-        require(self.max_epochs >= 1, f"{f}.max_epochs", f"must be >= 1, got {self.max_epochs}")
-        require(self.patience >= 1, f"{f}.patience", f"must be >= 1, got {self.patience}")
-        require(self.validation_recall_at >= 1, f"{f}.validation_recall_at", "must be >= 1")
-        require(self.max_train_seconds >= 0.0, f"{f}.max_train_seconds", "must be >= 0")
+        self._check_training(f, min_batch_size=2)
 
 
 @dataclasses.dataclass(frozen=True)
-class RankingConfig:
+class RankingConfig(TrainingConfig):
     """Multi-head-attention ranker and its training (`ranking`).
+
+    The training fields (``batch_size``, ``learning_rate``, ``max_epochs``, ...) are
+    `TrainingConfig`'s.
 
     Attributes:
         dim: Width of the ranker's video and history representations.
@@ -210,16 +243,7 @@ class RankingConfig:
         engagement_weight: Serving score is ``log p(watch) + engagement_weight * log
             engagement``; 0 ranks by the probability of being watched next alone.
         engagement_loss_weight: Weight of the engagement head's loss beside the watch head's.
-        batch_size: Examples per training step.
-        learning_rate: Adam learning rate.
-        sparse_table_rows: Embedding tables with more rows than this are trained with sparse
-            Adagrad (see `RetrievalConfig.sparse_table_rows`).
-        sparse_learning_rate: Adagrad learning rate of those tables.
-        max_epochs: Upper bound on epochs.
-        patience: Epochs without a better validation NDCG@10 before stopping.
         max_examples: Most recent training examples kept (bounds memory and time).
-        max_train_seconds: Wall-clock budget for training; 0 means none.
-        seed: Seed of initialisation, sampling and shuffling.
     """
 
     dim: int = 32
@@ -233,24 +257,14 @@ class RankingConfig:
     random_negatives: int = 4
     engagement_weight: float = 0.2
     engagement_loss_weight: float = 0.5
+    max_examples: int = 1_000_000
     batch_size: int = 256
-    learning_rate: float = 1e-3
-    sparse_table_rows: int = 100_000
-    sparse_learning_rate: float = 0.05
     max_epochs: int = 50
     patience: int = 3
-    max_examples: int = 1_000_000
-    max_train_seconds: float = 0.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
         f = "ranking"
-        require(self.dim >= 2, f"{f}.dim", f"must be >= 2, got {self.dim}")
-        require(
-            self.history_length >= 1,
-            f"{f}.history_length",
-            f"must be >= 1, got {self.history_length}",
-        )
+        require_at_least(self, f, {"dim": 2, "history_length": 1})
         require(
             self.num_heads >= 1 and self.dim % self.num_heads == 0,
             f"{f}.num_heads",
@@ -274,14 +288,9 @@ class RankingConfig:
             f"{f}.hard_negatives",
             "negative counts must be >= 0",
         )
-        require(self.engagement_weight >= 0.0, f"{f}.engagement_weight", "must be >= 0")
-        require(self.engagement_loss_weight >= 0.0, f"{f}.engagement_loss_weight", "must be >= 0")
-        require(self.batch_size >= 1, f"{f}.batch_size", f"must be >= 1, got {self.batch_size}")
-        require(self.learning_rate > 0.0, f"{f}.learning_rate", "must be > 0")
-        require(self.max_epochs >= 1, f"{f}.max_epochs", f"must be >= 1, got {self.max_epochs}")
-        require(self.patience >= 1, f"{f}.patience", f"must be >= 1, got {self.patience}")
-        require(self.max_examples >= 1, f"{f}.max_examples", "must be >= 1")
-        require(self.max_train_seconds >= 0.0, f"{f}.max_train_seconds", "must be >= 0")
+        minimums = {"engagement_weight": 0, "engagement_loss_weight": 0, "max_examples": 1}
+        require_at_least(self, f, minimums)
+        self._check_training(f, min_batch_size=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -502,8 +511,8 @@ class ServingConfig:
         max_request_history: Longest history a request may carry.
         max_exclude: Most ids a request may exclude.
         diversity: ``"category_cap"`` (at most ``category_cap`` videos per main category in
-            the returned list), ``"mmr"`` (maximal marginal relevance on video embeddings) or
-            ``"none"``.
+            the returned list while other candidates remain; the deferred ones fill the slots
+            left over), ``"mmr"`` (maximal marginal relevance on video embeddings) or ``"none"``.
         category_cap: Per-category limit of ``category_cap`` diversity.
         mmr_lambda: Relevance weight of MMR in ``[0, 1]`` (1 ignores similarity).
         because: History videos named per recommendation (from the ranker's attention).
@@ -695,15 +704,20 @@ RETIRED_KEYS: dict[str, dict[str, str]] = {
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON-able dict of a (nested) config dataclass; tuples become lists."""
+    """Plain dict of a (nested) config dataclass; JSON writes its tuples as lists."""
     return dataclasses.asdict(config)
 
 
 def config_from_dict(cls: type[T], payload: dict[str, Any], path: str = "") -> T:
     """Builds dataclass ``cls`` from ``payload``, recursing into nested sections.
 
+    Every value must have its field's type, as JSON spells it: an integer field takes an
+    integer (not ``true``, ``"64"`` or ``64.5``), a number field an integer or a float, a tuple
+    field a list (or tuple) of its element type, an optional field also ``null``.
+
     Raises:
-        ConfigError: An unknown key, or a value that fails validation.
+        ConfigError: An unknown key, a value of the wrong type (naming the dotted field and the
+            type it expects), or a value that fails validation.
     """
     if not isinstance(payload, dict):
         raise ConfigError(
@@ -726,13 +740,91 @@ def config_from_dict(cls: type[T], payload: dict[str, Any], path: str = "") -> T
         dotted = f"{path}.{name}" if path else name
         if dataclasses.is_dataclass(kind):
             kwargs[name] = config_from_dict(kind, value, dotted)
-        elif _is_tuple_type(kind) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
+            continue
+        try:
+            kwargs[name] = _typed(kind, value)
+        except _WrongTypeError:
+            raise ConfigError(f"{dotted}: expected {_describe(kind)}, got {_show(value)}") from None
     return cls(**kwargs)
 
 
-def _is_tuple_type(kind: Any) -> bool:
-    origin = typing.get_origin(kind)
-    return origin is tuple or (isinstance(kind, types.GenericAlias) and kind.__origin__ is tuple)
+class _WrongTypeError(Exception):
+    """A config value is not of its field's type (`config_from_dict` names the field)."""
+
+
+# What each scalar field type accepts, and how an error names it (alone, and in a list).
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false", "booleans"),
+    int: (
+        lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+        "an integer",
+        "integers",
+    ),
+    float: (
+        lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+        "a number",
+        "numbers",
+    ),
+    str: (lambda v: isinstance(v, str), "a string", "strings"),
+    type(None): (lambda v: v is None, "null", "nulls"),
+}
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """``value`` as a field of type ``kind`` (a list becomes a tuple).
+
+    Raises:
+        _WrongTypeError: ``value`` is not a ``kind``.
+    """
+    if kind in _SCALARS:
+        if not _SCALARS[kind][0](value):
+            raise _WrongTypeError
+        return value
+    element = _tuple_element(kind)
+    if element is not None:
+        if not isinstance(value, list | tuple):
+            raise _WrongTypeError
+        return tuple(_typed(element, v) for v in value)
+    options = _union_options(kind)
+    for option in options:
+        try:
+            return _typed(option, value)
+        except _WrongTypeError:
+            continue
+    if options:
+        raise _WrongTypeError
+    raise TypeError(f"config fields of type {kind!r} are not supported")
+
+
+def _describe(kind: Any) -> str:
+    """How an error message names type ``kind`` ("an integer", "a list of numbers", ...)."""
+    if kind in _SCALARS:
+        return _SCALARS[kind][1]
+    element = _tuple_element(kind)
+    if element is not None:
+        return f"a list of {_SCALARS[element][2]}"
+    return " or ".join(_describe(option) for option in _union_options(kind))
+
+
+def _tuple_element(kind: Any) -> Any:
+    """``X`` of ``tuple[X, ...]``, else None."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return args[0]
+    return None
+
+
+def _union_options(kind: Any) -> tuple[Any, ...]:
+    """Members of ``X | Y`` (or ``Optional[X]``), else ``()``."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return typing.get_args(kind)
+    return ()
+
+
+def _show(value: Any, limit: int = 200) -> str:
+    """``value`` as JSON would spell it (``"64"``, ``true``, ``null``), shortened."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -292,15 +292,6 @@ class FeatureSpace:
 
     # -- lookups --------------------------------------------------------------------------
 
-    @property
-    def num_numeric(self) -> int:
-        """Width of ``numeric``."""
-        return len(NUMERIC_FEATURES)
-
-    def catalogue_video_ids(self) -> np.ndarray:
-        """Raw ids of every known video in row order, ``[n] int64`` (column order of scores)."""
-        return self.video_vocab.ids
-
     def video_features(self, videos: pd.DataFrame) -> VideoFeatureArrays:
         """Features of videos described by a validated table (known or new ids)."""
         rows = self.video_vocab.lookup(videos["video_id"].to_numpy(np.int64))

@@ -59,13 +59,6 @@ class IdVocabulary:
                 dense[sorted_ids] = self._sorted_rows
                 self._dense = dense
 
-    @classmethod
-    def from_values(cls, values: np.ndarray) -> IdVocabulary:
-        """Vocabulary of the distinct ``values`` in order of first appearance."""
-        values = np.asarray(values, dtype=np.int64)
-        _, first = np.unique(values, return_index=True)
-        return cls(values[np.sort(first)])
-
     @property
     def ids(self) -> np.ndarray:
         """Known ids in row order, ``[n] int64`` (a copy)."""

@@ -24,7 +24,6 @@ from core.config import (
     config_from_dict,
 )
 from core.errors import (
-    EXIT_FAILED,
     EXIT_GATED_OUT,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,  # noqa: F401  (re-exported)
@@ -38,9 +37,6 @@ from pipelines.cli import events as events_cli
 from pipelines.cli.config_file import load_config
 
 logger = logging.getLogger("vidrec")
-
-# Exit codes are defined in core.errors (one table for every job); EXIT_ERROR is the old name.
-EXIT_ERROR = EXIT_FAILED
 
 
 def _configure_logging(verbose: bool) -> None:
