@@ -1,0 +1,231 @@
+"""The HTTP API's request and response models, and how their errors read.
+
+The request models are built from the serving configuration (`api_models`), so that
+``/openapi.json`` states every bound the server enforces: the write path's bounds from
+`core.schema`, and the configured limits on ``k``, histories, exclusions and feedback batches.
+Integers are strict (no bool, no float), floats are finite.
+"""
+
+# No `from __future__ import annotations`: pydantic and FastAPI read these annotations, some of
+# which are built from the configuration inside `api_models`.
+import dataclasses
+from typing import Annotated, Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from core.config import ServingConfig
+from core.schema import (
+    MAX_CATEGORIES,
+    MAX_ID,
+    MAX_NAME_CHARS,
+    MAX_RATING,
+    MAX_SECONDS,
+    MAX_TAGS,
+    MAX_TIMESTAMP,
+    MAX_TITLE_CHARS,
+    YEAR_RANGE,
+)
+from pipelines.serving.events import EVENT_KINDS
+
+BATCH_TAG, EVENT_TAG = "batch", "event"
+MAX_CLOCK_SKEW_SECONDS = 86_400  # a feedback timestamp further ahead is a client bug
+MAX_CATEGORY_CHARS = MAX_NAME_CHARS
+
+Id = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+
+
+def _bounded_float(low: float, high: float, description: str, *, exclusive_low: bool = False):
+    bounds = {"gt": low} if exclusive_low else {"ge": low}
+    return Annotated[
+        float | None, Field(None, strict=True, le=high, description=description, **bounds)
+    ]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 503 answer: what was wrong and how to fix it."""
+
+    error: str
+
+
+class Item(BaseModel):
+    video_id: int
+    score: float
+    because: list[int] = Field(description="Watched videos this one comes from.")
+
+
+class RecommendResponse(BaseModel):
+    items: list[Item]
+    bundle_id: str
+    source: Literal["personalized", "popular"]
+    ignored_history: list[int]
+    timings_ms: dict[str, float]
+    attention: dict[str, Any] | None = None
+
+
+class SimilarItem(BaseModel):
+    video_id: int
+    score: float
+
+
+class SimilarResponse(BaseModel):
+    items: list[SimilarItem]
+    bundle_id: str
+
+
+class FeedbackResponse(BaseModel):
+    stored: int
+
+
+class VideosResponse(BaseModel):
+    video_ids: list[int]
+
+
+class TakedownResponse(BaseModel):
+    video_id: int
+    was_indexed: bool
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "degraded", "loading"]
+    bundle_id: str | None = None
+    last_refused: str | None = None
+    error: str | None = None
+    skipped_rows: int = Field(0, description="Stored rows skipped as unservable.")
+    store_error: str | None = Field(None, description="Why the event store cannot be read.")
+    worker: int | None = None
+
+
+class ReloadResponse(BaseModel):
+    bundle_id: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiModels:
+    """The request bodies, bounded by the serving configuration so that OpenAPI states the
+    limits the server enforces."""
+
+    recommend: type[BaseModel]
+    feedback_item: type[BaseModel]
+    feedback_batch: type[BaseModel]
+    video: type[BaseModel]
+    feedback: Any  # one event or a batch (a tagged union of the two above)
+
+
+def api_models(config: ServingConfig) -> ApiModels:
+    """Request models for ``config``'s limits."""
+    strict = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    class RecommendRequest(BaseModel):
+        """Body of ``POST /recommend``."""
+
+        model_config = strict
+        user_id: Id | None = Field(None, description="Raw user id; its stored history is used.")
+        history: list[Id] | None = Field(
+            None,
+            max_length=config.max_request_history,
+            description="Watched video ids, oldest first; overrides the stored history.",
+        )
+        k: Annotated[int, Field(strict=True, ge=1, le=config.max_k)] | None = Field(
+            None, description=f"How many videos (default {config.default_k})."
+        )
+        exclude: list[Id] = Field(
+            default_factory=list,
+            max_length=config.max_exclude,
+            description="Video ids never to return.",
+        )
+        category: str | None = Field(
+            None,
+            min_length=1,
+            max_length=MAX_CATEGORY_CHARS,
+            description="Cold start: popular videos of a category.",
+        )
+
+    class FeedbackItem(BaseModel):
+        """One feedback event."""
+
+        model_config = strict
+        user_id: Id
+        video_id: Id
+        event: Literal[tuple(sorted(EVENT_KINDS))] = "watch"  # type: ignore[valid-type]
+        watch_seconds: _bounded_float(0.0, MAX_SECONDS, "Seconds watched.")  # type: ignore[valid-type]
+        rating: _bounded_float(0.0, MAX_RATING, "Explicit rating, 0 to 5.")  # type: ignore[valid-type]
+        timestamp: Annotated[int, Field(strict=True, ge=0, le=MAX_TIMESTAMP)] | None = Field(
+            None, description="Seconds since the epoch; defaults to now; at most a day ahead."
+        )
+
+    class FeedbackRequest(BaseModel):
+        """Body of ``POST /feedback``: a batch of events."""
+
+        model_config = strict
+        events: list[FeedbackItem] = Field(min_length=1, max_length=config.max_feedback_batch)
+
+    class VideoRequest(BaseModel):
+        """Body of ``POST /videos``: a new video or new metadata for a known one."""
+
+        model_config = strict
+        video_id: Id
+        title: str = Field("", max_length=MAX_TITLE_CHARS)
+        categories: list[Name] = Field(default_factory=list, max_length=MAX_CATEGORIES)
+        tags: list[Name] = Field(default_factory=list, max_length=MAX_TAGS)
+        year: _bounded_float(*YEAR_RANGE, "Release year.")  # type: ignore[valid-type]
+        duration: _bounded_float(  # type: ignore[valid-type]
+            0.0, MAX_SECONDS, "Seconds.", exclusive_low=True
+        )
+        creator: str = Field("", max_length=MAX_NAME_CHARS)
+        upload_time: _bounded_float(  # type: ignore[valid-type]
+            0.0, float(MAX_TIMESTAMP), "Seconds since the epoch."
+        )
+
+    # One event or a batch, told apart by the "events" key, so that an error names the fields
+    # of the form the client meant instead of both forms' mismatches.
+    feedback = Annotated[
+        Annotated[FeedbackRequest, Tag(BATCH_TAG)] | Annotated[FeedbackItem, Tag(EVENT_TAG)],
+        Discriminator(_feedback_form),
+    ]
+    return ApiModels(RecommendRequest, FeedbackItem, FeedbackRequest, VideoRequest, feedback)
+
+
+def _feedback_form(body: Any) -> str:
+    """Which form of ``POST /feedback`` a body is: a batch has ``events``."""
+    if isinstance(body, dict):
+        return BATCH_TAG if "events" in body else EVENT_TAG
+    return BATCH_TAG if hasattr(body, "events") else EVENT_TAG
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries of the error answers an operation can give."""
+    meaning = {
+        400: "Refused (see error).",
+        401: "No API key, or an unknown one, while keys are configured.",
+        403: "The API key's scope does not cover this endpoint (an ingest key on an admin one).",
+        413: "Body larger than serving.max_body_bytes.",
+        415: "Body is not application/json.",
+        422: "Malformed JSON, or a field missing, of the wrong type or out of range.",
+        503: "No bundle loaded yet, or the event store is busy (retry after Retry-After).",
+    }
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location as the client wrote it: without ``body`` and the feedback form's tag."""
+    if loc[:1] == ("body",):
+        loc = loc[1:]
+    if loc[:1] in ((BATCH_TAG,), (EVENT_TAG,)):
+        loc = loc[1:]
+    return loc
+
+
+def validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in _field_path(tuple(item.get("loc", ()))))
+        if item.get("type") == "json_invalid":
+            return f"malformed JSON: {item.get('ctx', {}).get('error', item.get('msg'))}"
+        parts.append(f"{location or 'body'}: {item.get('msg')}")
+    return "; ".join(parts)
