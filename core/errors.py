@@ -76,10 +76,6 @@ class IndexBuildError(VidrecError):
     """The candidate index could not be built or tuned to the configured target."""
 
 
-class NotFittedError(VidrecError):
-    """A model or index was used before it was trained or loaded."""
-
-
 class AuthError(VidrecError):
     """A request lacks a valid API key (401), or its key lacks the scope it needs (403).
 
