@@ -535,7 +535,7 @@ class ServingConfig:
         request_runtime: How the request path runs the user tower and the ranker:
             ``"litert"`` (converted when the bundle loads; the fastest on a CPU), ``"xla"``
             (XLA-compiled TensorFlow) or ``"graph"`` (plain TensorFlow). See
-            `pipelines.serving.request_functions`.
+            `modeling.request_runtime`.
         tf_threads: TensorFlow intra- and inter-op threads of ``vidrec serve`` (1 suits small
             per-request ops; parallelism comes from concurrent requests).
         workers: Server processes of ``vidrec serve`` sharing its port (one per core is the
@@ -694,7 +694,7 @@ class VidrecConfig:
         )
 
 
-# The runtimes of the request path's models (`pipelines.serving.request_functions`).
+# The runtimes of the request path's models (`modeling.request_runtime`).
 REQUEST_RUNTIMES: tuple[str, ...] = ("litert", "xla", "graph")
 
 # Keys that configs written by earlier versions (every bundle's config.json) may still hold.

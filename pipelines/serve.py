@@ -29,13 +29,14 @@ from core.config import ServingConfig
 from core.errors import BundleError, DataError
 from core.schema import MAX_ID, validate_upload, validate_videos
 from core.vocab import FIRST_ID_ROW, OOV_ROW
+from modeling.request_runtime import conversion_process
 from pipelines.artifacts import LoadedBundle, load_bundle
-from pipelines.jobs.ranking_data import UNKNOWN_ENGAGEMENT
 from pipelines.serving.catalogue import LiveCatalogue
 from pipelines.serving.events import CHANGE_ROW, TAKEDOWN, UPSERT, VIDEO_ROW, EventStore
-from pipelines.serving.request_functions import RequestQuery, RequestScorer, conversion_process
 from pipelines.serving.state import ServingState
 from ranking.blend import blend_scores
+from ranking.request import RequestScorer
+from retrieval.request import RequestQuery
 
 logger = logging.getLogger(__name__)
 
@@ -397,37 +398,22 @@ class Recommender:
             items = self._popular(k, excluded, category)
             return Recommendation(items, self.bundle_id, "popular", ignored, timer.marks)
 
-        # Pad to `candidates` slots so the compiled ranker always sees one shape.
-        slots = config.candidates
-        found_count = len(candidate_ids)
-        candidate_rows = np.zeros(slots, dtype=np.int64)
-        candidate_rows[:found_count] = self.catalogue.rows(candidate_ids)
-        padded_scores = np.zeros(slots, dtype=np.float32)
-        padded_scores[:found_count] = retrieval_scores
-        h = self.ranker_history
-        history_rows = padded[0, -h:]
-        history_engagement = np.full(h, UNKNOWN_ENGAGEMENT, dtype=np.float32)
-        history_ages = np.zeros(h, dtype=np.float32)
-        recent = min(len(rows), h)
-        if recent:
-            history_engagement[h - recent :] = np.nan_to_num(
-                engagement[-recent:], nan=UNKNOWN_ENGAGEMENT
-            )
-            history_ages[h - recent :] = ages[-recent:]
+        # The ranker pads both lists to its compiled shape itself (ranking.request).
+        candidate_rows = self.catalogue.rows(candidate_ids)
         out = self._score(
-            history_rows,
-            history_engagement,
-            history_ages,
+            rows,
+            engagement,
+            ages,
             candidate_rows,
-            padded_scores,
+            retrieval_scores,
             self.features.user_attribute_matrix(user_row),
             self.catalogue.videos,
             embeddings,
         )
-        out = {name: value[:found_count] for name, value in out.items()}
+        history_rows = out["history_rows"]
         timer.mark("ranker")
         blended = blend_scores(out["watch_logits"], out["engagement"], self.engagement_weight)
-        order = self._diversify(blended, candidate_rows[:found_count], k)
+        order = self._diversify(blended, candidate_rows, k)
         attention = out["attention"]
         because = self._because(attention[order], history_rows)
         items = [
@@ -651,7 +637,7 @@ class RecommenderService:
         (its conversion process killed) instead of being waited for."""
         self._closing = True
         # Imported here: only a shutting-down server needs it.
-        from pipelines.serving.child_process import close_all
+        from modeling.child_process import close_all
 
         abandoned = close_all()
         if abandoned:

@@ -18,7 +18,7 @@ import tensorflow as tf
 from core.config import RankingConfig
 from core.errors import BundleError
 from core.features import NUMERIC_FEATURES, FeatureSpace, VideoFeatureArrays
-from ranking.inputs import CandidateLists
+from ranking.inputs import CandidateLists, video_fields
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,8 @@ class RankerScorer:
         table = self.catalogue_embeddings if embeddings is None else embeddings
         out: dict[str, np.ndarray] = {}
         for side, rows in (("history", history_rows), ("candidate", candidate_rows)):
-            out[f"{side}_rows"] = rows
-            out[f"{side}_embeddings"] = table[rows]
-            out[f"{side}_category_rows"] = catalogue.category_rows[rows]
-            out[f"{side}_creator_rows"] = catalogue.creator_rows[rows]
-            out[f"{side}_numeric"] = catalogue.numeric[rows]
+            for name, value in video_fields(rows, catalogue, table).items():
+                out[f"{side}_{name}"] = value
         out["history_engagement"] = history_engagement.astype(np.float32)
         out["history_age_hours"] = history_age_hours.astype(np.float32)
         out["retrieval_scores"] = retrieval_scores.astype(np.float32)

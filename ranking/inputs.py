@@ -1,10 +1,45 @@
-"""Ranker inputs as numpy arrays: candidate lists with the history they are ranked against."""
+"""Ranker inputs as numpy arrays: each video's fields, the fill for unknown engagement, and
+candidate lists with the history they are ranked against.
+
+The ranker's inputs are defined in `ranking/` only: here in numpy, in `ranking.encoders` as the
+scoring function's signature, and in `ranking.request` padded and packed for one request.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+
+from core.features import VideoFeatureArrays
+
+# The engagement a history slot reads when it is unknown (no watch time and no rating) or
+# padding: training lists, evaluation lists and requests all fill it in the same way.
+UNKNOWN_ENGAGEMENT = 0.5
+
+
+def video_fields(
+    rows: np.ndarray, videos: VideoFeatureArrays, embeddings: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The ranker's per-video inputs (`ranking.model.VIDEO_FIELDS`) of ``rows [...]``.
+
+    Args:
+        rows: ``[...] int64`` video rows (0 for padding).
+        videos: Features by video row (the feature space's catalogue, or a live catalogue's
+            grown arrays).
+        embeddings: ``[rows, d] float32`` retrieval embeddings by video row.
+
+    Returns:
+        ``rows [...]``, ``embeddings [..., d]``, ``category_rows [..., C]``,
+        ``creator_rows [...]``, ``numeric [..., F]``.
+    """
+    return {
+        "rows": rows,
+        "embeddings": embeddings[rows],
+        "category_rows": videos.category_rows[rows],
+        "creator_rows": videos.creator_rows[rows],
+        "numeric": videos.numeric[rows],
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,18 +18,10 @@ import tensorflow_recommenders as tfrs
 from core.config import RankingConfig
 from core.features import FeatureSpace
 from core.vocab import OOV_ROW
+from modeling.layers import TransformerBlock, clamp_rows, self_attention_mask, truncated_normal
 
 VIDEO_FIELDS: tuple[str, ...] = ("rows", "embeddings", "category_rows", "creator_rows", "numeric")
 MASKED_LOGIT = -1e9
-
-
-def _normal() -> tf.keras.initializers.Initializer:
-    return tf.keras.initializers.TruncatedNormal(stddev=0.02)
-
-
-def _clamp(rows: tf.Tensor, num_rows: int) -> tf.Tensor:
-    """Rows beyond a table (vocabulary grown after training) become the OOV row."""
-    return tf.where(rows >= num_rows, tf.constant(OOV_ROW, rows.dtype), rows)
 
 
 class VideoEncoder(tf.keras.layers.Layer):
@@ -41,13 +33,13 @@ class VideoEncoder(tf.keras.layers.Layer):
         self.num_categories = features.categories.num_rows
         self.num_creators = features.creators.num_rows
         self.id_embedding = tf.keras.layers.Embedding(
-            self.num_rows, dim, embeddings_initializer=_normal(), name="video_id"
+            self.num_rows, dim, embeddings_initializer=truncated_normal(), name="video_id"
         )
         self.category_embedding = tf.keras.layers.Embedding(
-            self.num_categories, dim, embeddings_initializer=_normal(), name="category"
+            self.num_categories, dim, embeddings_initializer=truncated_normal(), name="category"
         )
         self.creator_embedding = tf.keras.layers.Embedding(
-            self.num_creators, dim, embeddings_initializer=_normal(), name="creator"
+            self.num_creators, dim, embeddings_initializer=truncated_normal(), name="creator"
         )
         self.projection = tf.keras.layers.Dense(dim, activation="gelu", name="projection")
         self.norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
@@ -64,43 +56,19 @@ class VideoEncoder(tf.keras.layers.Layer):
         return tf.reshape(encoded, tf.concat([leading, tf.shape(encoded)[-1:]], 0))
 
     def _encode(self, video: dict[str, tf.Tensor]) -> tf.Tensor:
-        categories = _clamp(video["category_rows"], self.num_categories)
+        categories = clamp_rows(video["category_rows"], self.num_categories)
         mask = tf.cast(tf.not_equal(categories, 0), tf.float32)[..., None]
         category = tf.reduce_sum(self.category_embedding(categories) * mask, axis=-2) / (
             tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
         )
         parts = [
-            self.id_embedding(_clamp(video["rows"], self.num_rows)),
+            self.id_embedding(clamp_rows(video["rows"], self.num_rows)),
             category,
-            self.creator_embedding(_clamp(video["creator_rows"], self.num_creators)),
+            self.creator_embedding(clamp_rows(video["creator_rows"], self.num_creators)),
             video["embeddings"],
             video["numeric"],
         ]
         return self.norm(self.projection(tf.concat(parts, axis=-1)))
-
-
-class AttentionBlock(tf.keras.layers.Layer):
-    """Pre-norm self-attention block with a feed-forward net (history encoder)."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float, name: str) -> None:
-        super().__init__(name=name)
-        self.attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
-        self.attention = tf.keras.layers.MultiHeadAttention(
-            num_heads=num_heads, key_dim=dim // num_heads, dropout=dropout
-        )
-        self.ffn_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
-        self.ffn_hidden = tf.keras.layers.Dense(2 * dim, activation="gelu")
-        self.ffn_output = tf.keras.layers.Dense(dim)
-        self.dropout = tf.keras.layers.Dropout(dropout)
-
-    def call(self, x: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """``x [b, L, d]``, ``mask [b, L, L] bool`` -> ``[b, L, d]``."""
-        h = self.attention_norm(x)
-        x = x + self.dropout(
-            self.attention(h, h, attention_mask=mask, training=training), training=training
-        )
-        h = self.ffn_output(self.ffn_hidden(self.ffn_norm(x)))
-        return x + self.dropout(h, training=training)
 
 
 class RankerModel(tfrs.Model):
@@ -122,14 +90,14 @@ class RankerModel(tfrs.Model):
         dim = config.dim
         self.video_encoder = VideoEncoder(features, dim)
         self.position_embedding = tf.keras.layers.Embedding(
-            self.history_length, dim, embeddings_initializer=_normal(), name="position"
+            self.history_length, dim, embeddings_initializer=truncated_normal(), name="position"
         )
         self.history_context = tf.keras.layers.Dense(dim, name="history_context")
         self.null_token = self.add_weight(
-            name="null_token", shape=(1, 1, dim), initializer=_normal(), trainable=True
+            name="null_token", shape=(1, 1, dim), initializer=truncated_normal(), trainable=True
         )
         self.history_blocks = [
-            AttentionBlock(dim, config.num_heads, config.dropout, name=f"history_block_{i}")
+            TransformerBlock(dim, config.num_heads, config.dropout, name=f"history_block_{i}")
             for i in range(config.history_blocks)
         ]
         self.history_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
@@ -138,7 +106,10 @@ class RankerModel(tfrs.Model):
         )
         self.user_embeddings = [
             tf.keras.layers.Embedding(
-                v.num_rows, dim, embeddings_initializer=_normal(), name=f"user_attribute_{i}"
+                v.num_rows,
+                dim,
+                embeddings_initializer=truncated_normal(),
+                name=f"user_attribute_{i}",
             )
             for i, v in enumerate(features.user_attributes.values())
         ]
@@ -243,7 +214,8 @@ class RankerModel(tfrs.Model):
             + self.history_context(context)
         )
         tokens = tokens * tf.cast(valid, tokens.dtype)[..., None]
-        self_mask = valid[:, None, :] | tf.eye(length, dtype=tf.bool)[None]
+        # Not causal: every watch precedes the ranking moment, so each may read all the others.
+        self_mask = self_attention_mask(valid, length, causal=False)
         for block in self.history_blocks:
             tokens = block(tokens, self_mask, training=training)
         tokens = self.history_norm(tokens)
@@ -271,7 +243,7 @@ class RankerModel(tfrs.Model):
         if self.user_embeddings:
             user = tf.add_n(
                 [
-                    embedding(_clamp(user_attributes[:, i], embedding.input_dim))
+                    embedding(clamp_rows(user_attributes[:, i], embedding.input_dim))
                     for i, embedding in enumerate(self.user_embeddings)
                 ]
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -13,8 +12,8 @@ import tensorflow as tf
 from core.config import RankingConfig
 from core.errors import DataError
 from core.features import FeatureSpace
-from core.training import EarlyStopping, TrainingHistory
-from core.warm_start import grow_weights
+from core.training import TrainingHistory
+from modeling.training import TrainingLoop
 from ranking.blend import blend_scores
 from ranking.encoders import RankerScorer
 from ranking.inputs import CandidateLists
@@ -126,58 +125,33 @@ def train_ranker(
             f"training lists carry {train_lists.history_rows.shape[1]} history columns, "
             f"ranking.history_length is {config.history_length}; build them with the same config"
         )
-    strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = RankerModel(features, catalogue_embeddings, config)
-        optimizer = (
-            make_optimizer(model)
-            if make_optimizer is not None
-            else tf.keras.optimizers.Adam(config.learning_rate)
-        )
-        model.compile(optimizer=optimizer)
-    # Metrics of several replicas are summed; the epoch loss below divides by the replicas.
-    model.distribute_reduction_method = "sum"
-    replicas = strategy.num_replicas_in_sync
-    stopping = EarlyStopping(
+    loop = TrainingLoop(
         "ranking",
         "ndcg@10",
-        config.patience,
-        config.max_epochs,
-        config.max_train_seconds,
-        num_examples=len(train_lists),
-        consensus=consensus,
+        lambda: RankerModel(features, catalogue_embeddings, config),
+        config,
+        len(train_lists),
+        strategy,
+        consensus,
+        make_optimizer,
     )
-    trained = TrainedRanker(model, features, catalogue_embeddings, config, stopping.history)
+    trained = TrainedRanker(loop.model, features, catalogue_embeddings, config, loop.history)
     logger.info(
         "ranking: %d lists of %d candidates", len(train_lists), train_lists.candidate_rows.shape[1]
     )
-    dataset = _dataset(train_lists, config.batch_size, config.seed)
-    if initial_weights is not None:
-        with strategy.scope():
-            model.compute_loss(next(iter(dataset)), training=False)  # creates the variables
-        weights, report = grow_weights(model.get_weights(), initial_weights)
-        model.set_weights(weights)
-        logger.info("%s warm start: %s", stopping.name, report)
-    while True:
-        started = time.perf_counter()
-        logs = model.fit(dataset, epochs=1, verbose=0).history
-        metrics = {}
-        if validation_lists is not None:
-            out = trained.scorer().score_lists(validation_lists)
-            scores = blend_scores(
-                out["watch_logits"],
-                out["engagement"],
-                config.engagement_weight,
-                validation_lists.candidate_valid,
-            )
-            metrics = list_metrics(scores, validation_lists.target)
-        if not stopping.record(
-            float(logs["epoch_loss"][-1]) / replicas,
-            metrics,
-            time.perf_counter() - started,
-            model.get_weights,
-        ):
-            break
-    model.set_weights(stopping.best_snapshot)
+
+    def validate() -> dict[str, float]:
+        if validation_lists is None:
+            return {}
+        out = trained.scorer().score_lists(validation_lists)
+        scores = blend_scores(
+            out["watch_logits"],
+            out["engagement"],
+            config.engagement_weight,
+            validation_lists.candidate_valid,
+        )
+        return list_metrics(scores, validation_lists.target)
+
+    loop.run(_dataset(train_lists, config.batch_size, config.seed), validate, initial_weights)
     return trained

@@ -10,11 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from core.vocab import OOV_ROW
-
-
-def _normal() -> tf.keras.initializers.Initializer:
-    """A fresh initializer per table (a shared instance would give tables identical values)."""
-    return tf.keras.initializers.TruncatedNormal(stddev=0.02)
+from modeling.layers import TransformerBlock, clamp_rows, self_attention_mask, truncated_normal
 
 
 def masked_mean(vectors: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
@@ -22,11 +18,6 @@ def masked_mean(vectors: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
     mask = tf.cast(tf.not_equal(rows, 0), vectors.dtype)[..., None]
     total = tf.reduce_sum(vectors * mask, axis=-2)
     return total / tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
-
-
-def clamp_rows(rows: tf.Tensor, num_rows: int) -> tf.Tensor:
-    """Rows beyond a table (vocabulary grown after training) become the OOV row."""
-    return tf.where(rows >= num_rows, tf.constant(OOV_ROW, rows.dtype), rows)
 
 
 class VideoTower(tf.keras.layers.Layer):
@@ -67,17 +58,17 @@ class VideoTower(tf.keras.layers.Layer):
         self.use_content = use_content
         self.id_dropout = id_dropout if use_content else 0.0
         self.id_embedding = tf.keras.layers.Embedding(
-            num_video_rows, dim, embeddings_initializer=_normal(), name="video_id"
+            num_video_rows, dim, embeddings_initializer=truncated_normal(), name="video_id"
         )
         if use_content:
             self.category_embedding = tf.keras.layers.Embedding(
-                num_category_rows, dim, embeddings_initializer=_normal(), name="category"
+                num_category_rows, dim, embeddings_initializer=truncated_normal(), name="category"
             )
             self.token_embedding = tf.keras.layers.Embedding(
-                token_buckets + 1, dim, embeddings_initializer=_normal(), name="token"
+                token_buckets + 1, dim, embeddings_initializer=truncated_normal(), name="token"
             )
             self.creator_embedding = tf.keras.layers.Embedding(
-                num_creator_rows, dim, embeddings_initializer=_normal(), name="creator"
+                num_creator_rows, dim, embeddings_initializer=truncated_normal(), name="creator"
             )
             self.numeric_projection = tf.keras.layers.Dense(dim, name="numeric")
             self.content_hidden = tf.keras.layers.Dense(2 * dim, activation="gelu", name="hidden")
@@ -120,30 +111,6 @@ class VideoTower(tf.keras.layers.Layer):
         return tf.math.l2_normalize(vector, axis=-1)
 
 
-class CausalBlock(tf.keras.layers.Layer):
-    """Pre-norm transformer block: causal multi-head self-attention, then a feed-forward net."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float, name: str) -> None:
-        super().__init__(name=name)
-        self.attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
-        self.attention = tf.keras.layers.MultiHeadAttention(
-            num_heads=num_heads, key_dim=dim // num_heads, dropout=dropout
-        )
-        self.attention_dropout = tf.keras.layers.Dropout(dropout)
-        self.ffn_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
-        self.ffn_hidden = tf.keras.layers.Dense(2 * dim, activation="gelu")
-        self.ffn_output = tf.keras.layers.Dense(dim)
-        self.ffn_dropout = tf.keras.layers.Dropout(dropout)
-
-    def call(self, x: tf.Tensor, attention_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """``x [b, L, d]``, ``attention_mask [b, L, L] bool`` -> ``[b, L, d]``."""
-        h = self.attention_norm(x)
-        h = self.attention(h, h, attention_mask=attention_mask, training=training)
-        x = x + self.attention_dropout(h, training=training)
-        h = self.ffn_output(self.ffn_hidden(self.ffn_norm(x)))
-        return x + self.ffn_dropout(h, training=training)
-
-
 class UserTower(tf.keras.layers.Layer):
     """Watch history (plus optional user id and attributes) to query embeddings.
 
@@ -177,22 +144,24 @@ class UserTower(tf.keras.layers.Layer):
         self.dim = dim
         self.num_user_rows = num_user_rows
         self.position_embedding = tf.keras.layers.Embedding(
-            history_length, dim, embeddings_initializer=_normal(), name="position"
+            history_length, dim, embeddings_initializer=truncated_normal(), name="position"
         )
         self.input_dropout = tf.keras.layers.Dropout(dropout)
         self.blocks = [
-            CausalBlock(dim, num_heads, dropout, name=f"block_{i}") for i in range(num_blocks)
+            TransformerBlock(dim, num_heads, dropout, name=f"block_{i}") for i in range(num_blocks)
         ]
         self.output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
         self.user_embedding = (
             tf.keras.layers.Embedding(
-                num_user_rows, dim, embeddings_initializer=_normal(), name="user"
+                num_user_rows, dim, embeddings_initializer=truncated_normal(), name="user"
             )
             if num_user_rows
             else None
         )
         self.attribute_embeddings = [
-            tf.keras.layers.Embedding(rows, dim, embeddings_initializer=_normal(), name=f"attr_{i}")
+            tf.keras.layers.Embedding(
+                rows, dim, embeddings_initializer=truncated_normal(), name=f"attr_{i}"
+            )
             for i, rows in enumerate(user_attribute_rows)
         ]
         self.output_projection = tf.keras.layers.Dense(dim, name="query")
@@ -221,9 +190,8 @@ class UserTower(tf.keras.layers.Layer):
         positions = self.position_embedding(tf.range(length))[None]
         x = history * tf.sqrt(tf.cast(self.dim, tf.float32)) + positions
         x = self.input_dropout(x, training=training) * tf.cast(valid, x.dtype)[..., None]
-        causal = tf.linalg.band_part(tf.ones((length, length), tf.bool), -1, 0)
-        # Every query may see itself, so a padded column never has an empty softmax.
-        mask = (causal[None] & valid[:, None, :]) | tf.eye(length, dtype=tf.bool)[None]
+        # Column j attends to the valid columns up to j: one pass yields every prefix's query.
+        mask = self_attention_mask(valid, length, causal=True)
         for block in self.blocks:
             x = block(x, mask, training=training)
             x = x * tf.cast(valid, x.dtype)[..., None]

@@ -1,7 +1,7 @@
 """Training the two-tower model: windows in, early stopping on validation Recall@N.
 
 The same loop runs on one worker or on several under `tf.distribute.MultiWorkerMirroredStrategy`
-(DESIGN.md section 8). Under several workers:
+(docs/design.md §10). Under several workers:
 
 - ``batch_size`` is the *global* batch: Keras splits each batch of the input pipeline across the
   replicas, so N workers take the same optimizer steps on the same batches as one worker would.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,8 +30,8 @@ from core.features import FeatureSpace
 from core.metrics import evaluate_scorer
 from core.sequences import Windows, training_windows
 from core.splits import EvalCases
-from core.training import EarlyStopping, TrainingHistory
-from core.warm_start import grow_weights
+from core.training import TrainingHistory
+from modeling.training import TrainingLoop
 from retrieval.encoders import RetrievalEncoders
 from retrieval.model import TwoTowerModel
 
@@ -135,7 +134,6 @@ def train_retrieval(
     Raises:
         DataError: Nothing to train on.
     """
-    strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(config.seed)
     length = features.config.history_length
     windows = training_windows(
@@ -158,49 +156,24 @@ def train_retrieval(
             len(validation), MAX_VALIDATION_CASES, replace=False
         )
         validation = validation.subset(np.sort(picked))
-    with strategy.scope():
-        model = TwoTowerModel(features, config, frequency)
-        optimizer = (
-            make_optimizer(model)
-            if make_optimizer is not None
-            else tf.keras.optimizers.Adam(config.learning_rate)
-        )
-        model.compile(optimizer=optimizer)
-    # Keras reports a metric under several replicas as the sum of the replicas' values ("auto"
-    # means "sum" off TPUs); pinned here because the epoch loss below divides by the replicas.
-    model.distribute_reduction_method = "sum"
-    replicas = strategy.num_replicas_in_sync
-    stopping = EarlyStopping(
+    loop = TrainingLoop(
         "retrieval",
         f"recall@{config.validation_recall_at}",
-        config.patience,
-        config.max_epochs,
-        config.max_train_seconds,
-        num_examples=windows.num_examples,
-        consensus=consensus,
+        lambda: TwoTowerModel(features, config, frequency),
+        config,
+        windows.num_examples,
+        strategy,
+        consensus,
+        make_optimizer,
     )
-    trained = TrainedRetrieval(model, features, config, stopping.history)
-    dataset = window_dataset(windows, features, config.batch_size, config.seed)
-    if initial_weights is not None:
-        with strategy.scope():
-            model.compute_loss(next(iter(dataset)), training=False)  # creates the variables
-        weights, report = grow_weights(model.get_weights(), initial_weights)
-        model.set_weights(weights)
-        logger.info("%s warm start: %s", stopping.name, report)
-    while True:
-        started = time.perf_counter()
-        logs = model.fit(dataset, epochs=1, verbose=0).history
-        metrics = (
-            evaluate_retrieval(trained.encoders(), validation, ns=(config.validation_recall_at,))
-            if validation is not None
-            else {}
-        )
-        if not stopping.record(
-            float(logs["epoch_loss"][-1]) / replicas,
-            metrics,
-            time.perf_counter() - started,
-            model.get_weights,
-        ):
-            break
-    model.set_weights(stopping.best_snapshot)
+    trained = TrainedRetrieval(loop.model, features, config, loop.history)
+
+    def validate() -> dict[str, float]:
+        if validation is None:
+            return {}
+        return evaluate_retrieval(trained.encoders(), validation, ns=(config.validation_recall_at,))
+
+    loop.run(
+        window_dataset(windows, features, config.batch_size, config.seed), validate, initial_weights
+    )
     return trained

@@ -172,5 +172,3 @@ def split_queries(queries: np.ndarray, config: IndexConfig, source: str) -> Quer
 def queries_wanted(config: IndexConfig) -> int:
     """Queries to compute: a tuning set and a verification set of equal size."""
     return 2 * config.tuning_queries
-
-

@@ -226,5 +226,3 @@ def embed_catalogue(
     out = encoders.embed_features(catalogue, batch_size=batch_size, progress=progress)
     out[:FIRST_ID_ROW] = 0.0
     return out
-
-

@@ -21,12 +21,11 @@ from core.splits import EvalCases
 from core.vocab import FIRST_ID_ROW
 from ranking.blend import blend_scores
 from ranking.encoders import RankerScorer
-from ranking.inputs import CandidateLists
+from ranking.inputs import UNKNOWN_ENGAGEMENT, CandidateLists
 from retrieval.encoders import RetrievalEncoders
 
 logger = logging.getLogger(__name__)
 
-UNKNOWN_ENGAGEMENT = 0.5
 QUERY_BATCH = 2_048
 SCORE_BLOCK = 1 << 25  # scores held at once by exact search (128 MiB of float32)
 CANDIDATE_OFFSET = 1e4

@@ -1,2 +1,2 @@
-"""What the server needs beside the request path (`pipelines.serve`): the HTTP app and its
-keys, the event store, the live catalogue, the serving state and the request runtimes."""
+"""What the server needs beside the request path (`pipelines.serve`): the HTTP app, its models,
+ASGI layers and keys, the event store, the live catalogue and the serving state."""

@@ -37,8 +37,8 @@ import pytest
 
 from core.bundle import MANIFEST, BundleStore, read_manifest
 from core.errors import EXIT_FAILED, EXIT_OK, BundleError, ConfigError
+from modeling.child_process import ChildCallError, ChildProcess
 from pipelines.cli.main import _run_server, main
-from pipelines.serving.child_process import ChildCallError, ChildProcess
 from tests.tiny import tiny_config
 
 pytestmark = pytest.mark.skipif(
@@ -675,7 +675,7 @@ def test_a_child_dies_when_its_parent_is_killed(tmp_path, pdeathsig):
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import os, time
-            from pipelines.serving.child_process import ChildProcess
+            from modeling.child_process import ChildProcess
             child = ChildProcess("orphan-test", pdeathsig={pdeathsig})
             child.start()
             assert child.call(os.getpid) == child.pid
@@ -698,7 +698,7 @@ def test_a_child_dies_when_its_parent_is_killed(tmp_path, pdeathsig):
 
 
 def test_a_model_that_cannot_be_converted_is_a_bundle_error(tmp_path):
-    from pipelines.serving.request_functions import RequestQuery
+    from retrieval.request import RequestQuery
 
     # The parent never traces the function when a child converts: no tower needed.
     with pytest.raises(

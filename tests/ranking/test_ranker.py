@@ -4,15 +4,22 @@ import numpy as np
 import pytest
 
 import ranking  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from core.config import FeatureConfig, RankingConfig, RetrievalConfig, SyntheticConfig
+from core.config import (
+    REQUEST_RUNTIMES,
+    FeatureConfig,
+    RankingConfig,
+    RetrievalConfig,
+    SyntheticConfig,
+)
 from core.errors import BundleError
 from core.features import FeatureSpace, engagement_labels
 from core.schema import validate_interactions
 from core.splits import leave_one_out
 from pipelines.data.synthetic import generate_platform
 from pipelines.jobs.ranking_data import case_lists, training_lists
-from pipelines.serving.request_functions import RUNTIMES, RequestScorer
 from ranking.encoders import RankerScorer
+from ranking.inputs import UNKNOWN_ENGAGEMENT
+from ranking.request import RequestScorer
 from ranking.train import list_metrics, train_ranker
 from retrieval.train import train_retrieval
 
@@ -155,7 +162,7 @@ def test_export_round_trip_gives_identical_scores(stages, tmp_path):
         np.testing.assert_allclose(after[key], before[key], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", REQUEST_RUNTIMES)
 def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
     _, _, features, _, catalogue, _, validation, ranker = stages
     ranker.scorer().save(tmp_path)
@@ -174,20 +181,26 @@ def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
     )
     batch = loaded.score_lists(validation.take(np.arange(4)))
     for i in range(4):
+        # A request passes the watches it knows and the candidates it found; the scorer pads
+        # them as the lists are padded, and unknown engagement arrives as NaN.
+        known = validation.history_rows[i] != 0
+        engagement = validation.history_engagement[i][known]
+        found = slots - 3 * i
         out = request(
-            validation.history_rows[i],
-            validation.history_engagement[i],
-            validation.history_age_hours[i],
-            validation.candidate_rows[i],
-            validation.retrieval_scores[i],
+            validation.history_rows[i][known],
+            np.where(engagement == UNKNOWN_ENGAGEMENT, np.nan, engagement),
+            validation.history_age_hours[i][known],
+            validation.candidate_rows[i, :found],
+            validation.retrieval_scores[i, :found],
             validation.user_attributes[i : i + 1],
             features.catalogue,
             catalogue,
         )
-        assert out["watch_logits"].shape == (slots,)
-        assert out["attention"].shape == (slots, HISTORY)
+        assert out["watch_logits"].shape == (found,)
+        assert out["attention"].shape == (found, HISTORY)
+        np.testing.assert_array_equal(out["history_rows"], validation.history_rows[i])
         for key in ("watch_logits", "engagement", "attention"):
-            np.testing.assert_allclose(out[key], batch[key][i], rtol=0, atol=1e-5)
+            np.testing.assert_allclose(out[key], batch[key][i, :found], rtol=0, atol=1e-5)
 
 
 def test_unknown_request_runtime_is_refused(stages):

@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 
 import retrieval  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from core.config import FeatureConfig, RetrievalConfig, SyntheticConfig
+from core.config import REQUEST_RUNTIMES, FeatureConfig, RetrievalConfig, SyntheticConfig
 from core.features import FeatureSpace
 from core.schema import validate_videos
 from core.splits import leave_one_out
 from pipelines.data.synthetic import generate_platform
-from pipelines.serving.request_functions import RUNTIMES, RequestQuery
 from retrieval.encoders import RetrievalEncoders
+from retrieval.request import RequestQuery
 from retrieval.train import evaluate_retrieval, train_retrieval
 
 
@@ -91,7 +91,7 @@ def test_export_round_trip_gives_identical_embeddings(trained, tmp_path):
     user_rows = features.user_rows(users[3:4])
     attributes = features.user_attribute_matrix(user_rows)
     expected = loaded.query_fn(catalogue[padded], user_rows, attributes).numpy()
-    for runtime in RUNTIMES:
+    for runtime in REQUEST_RUNTIMES:
         request = RequestQuery(
             loaded.query_fn, length, 16, attributes.shape[1], runtime, loaded.keepalive
         )

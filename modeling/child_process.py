@@ -68,7 +68,7 @@ class ChildProcess:
     Example::
 
         with ChildProcess("vidrec-litert-conversion") as child:
-            flatbuffer = child.call(convert_saved_model, "ranker", directory, shape)
+            flatbuffer = child.call(convert_saved_model, builder, "score", directory, shape)
 
     Leaving the ``with`` block (or `close`) kills the child. Functions and arguments cross the
     pipe pickled: a function must be importable by its module and name.
