@@ -15,6 +15,10 @@ and gate metrics side by side, on a synthetic platform (``--videos``/``--events`
 MovieLens latest-small.
 
     .venv/bin/python benchmarks/retrain.py --parts days kill warm --out artifacts/bench/retrain
+
+``--events-url postgresql://...`` runs ``days`` or ``kill`` against that event store instead of
+a SQLite file: the server writes the posted events there and the retrain reads them back in
+bulk. Each part expects it empty: one part per database.
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ def days(args: argparse.Namespace, out: Path) -> dict:
         root, args.users, args.videos_small, args.events_small, base_days + args.days, base_days
     )
     config = _config_file(root, _small_config())
-    artifacts, events = root / "artifacts", root / "events.db"
+    artifacts, events = root / "artifacts", args.events_url or str(root / "events.db")
     started = time.perf_counter()
     initial_train(root, artifacts, config)
     print(f"initial bundle in {time.perf_counter() - started:.0f} s", flush=True)
@@ -320,7 +324,7 @@ def kill(args: argparse.Namespace, out: Path) -> dict:
     serving = store.current_id()
     from pipelines.serving.events import EventStore, FeedbackEvent
 
-    events = EventStore(root / "events.db")
+    events = EventStore(args.events_url or root / "events.db")
     late = data.interactions.loc[data.interactions["timestamp"] >= start + 7 * DAY]
     events.append(
         [
@@ -340,7 +344,7 @@ def kill(args: argparse.Namespace, out: Path) -> dict:
         "--artifacts",
         str(artifacts),
         "--events",
-        str(root / "events.db"),
+        str(args.events_url or root / "events.db"),
         "--config",
         str(config),
     ]
@@ -464,6 +468,11 @@ def main() -> int:
     parser.add_argument("--videos-large", type=int, default=100_000)
     parser.add_argument("--events-large", type=int, default=2_000_000)
     parser.add_argument("--out", default=str(REPO / "artifacts" / "bench" / "retrain"))
+    parser.add_argument(
+        "--events-url",
+        help="event store of `days` or `kill` (an empty PostgreSQL database, one part per "
+        "database) instead of a SQLite file under --out",
+    )
     args = parser.parse_args()
     import logging
 

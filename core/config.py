@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import numbers
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -531,7 +532,24 @@ class ServingConfig:
         api_keys_file: File of ``<admin|ingest> <key>`` lines, read again when it changes
             (rotate a key by adding the new one, moving clients, then removing the old one).
             When no key is configured anywhere every endpoint is open (bind to loopback then).
+        events_url: The event store (`pipelines.serving.events`): a SQLite file (a path or
+            ``sqlite:///relative.db``, ``sqlite:////absolute.db``) or a shared PostgreSQL
+            database (``postgresql://user@host:port/dbname``). ``--events`` and the
+            ``VIDREC_EVENTS_URL`` environment variable take precedence; by default
+            ``<artifacts>/events.db``. Keep passwords out of it (``~/.pgpass``,
+            ``PGPASSWORD``): a bundle's ``config.json`` records the configuration it was
+            trained with.
         events_synchronous: SQLite ``synchronous`` of the event store (``FULL`` or ``NORMAL``).
+        events_pool_size: PostgreSQL: most connections each server process opens.
+        events_connect_timeout_seconds: PostgreSQL: longest wait to connect, or for a pooled
+            connection (libpq counts whole seconds).
+        events_statement_timeout_seconds: PostgreSQL: longest a statement of a server may run
+            (a lock wait included); past it the store counts as unavailable for a moment.
+        events_retry_seconds: PostgreSQL: while the store is unavailable, how often a server
+            tries to reconnect; meanwhile recommendations come from the bundle alone and
+            writes answer 503.
+        events_job_timeout_seconds: PostgreSQL: longest a statement of the retrain or of
+            ``vidrec events`` may run (bulk reads, checks, migration).
         request_runtime: How the request path runs the user tower and the ranker:
             ``"litert"`` (converted when the bundle loads; the fastest on a CPU), ``"xla"``
             (XLA-compiled TensorFlow) or ``"graph"`` (plain TensorFlow). See
@@ -562,7 +580,13 @@ class ServingConfig:
     api_key_env: str = "VIDREC_API_KEY"
     ingest_key_env: str = "VIDREC_INGEST_KEY"
     api_keys_file: str | None = None
+    events_url: str | None = None
     events_synchronous: str = "FULL"
+    events_pool_size: int = 4
+    events_connect_timeout_seconds: float = 2.0
+    events_statement_timeout_seconds: float = 1.0
+    events_retry_seconds: float = 1.0
+    events_job_timeout_seconds: float = 3600.0
     request_runtime: str = "litert"
     tf_threads: int = 1
     workers: int = 1
@@ -614,6 +638,33 @@ class ServingConfig:
             f"{f}.events_synchronous",
             f"must be FULL or NORMAL, got {self.events_synchronous!r}",
         )
+        if self.events_url is not None:
+            shown = _PASSWORD_IN_URL.sub(r"\1***@", self.events_url)
+            scheme = self.events_url.split("://", 1)[0].lower() if "://" in self.events_url else ""
+            require(
+                bool(self.events_url.strip()) and scheme in EVENT_STORE_SCHEMES,
+                f"{f}.events_url",
+                "must be a file path, sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME, "
+                f"got {shown!r}",
+            )
+        require(
+            1 <= self.events_pool_size <= 1_000,
+            f"{f}.events_pool_size",
+            f"must be in [1, 1000], got {self.events_pool_size}",
+        )
+        require(
+            2 <= self.events_connect_timeout_seconds <= 600,
+            f"{f}.events_connect_timeout_seconds",
+            "must be in [2, 600] (libpq waits at least 2 s), got "
+            f"{self.events_connect_timeout_seconds}",
+        )
+        for name in (
+            "events_statement_timeout_seconds",
+            "events_retry_seconds",
+            "events_job_timeout_seconds",
+        ):
+            value = getattr(self, name)
+            require(0 < value <= 86_400, f"{f}.{name}", f"must be in (0, 86400], got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -693,6 +744,11 @@ class VidrecConfig:
             f"got {self.ranking.history_length}",
         )
 
+
+# URL schemes of `serving.events_url` ("": a plain path, SQLite); `pipelines.serving.events.urls`
+# reads them.
+EVENT_STORE_SCHEMES: tuple[str, ...] = ("", "sqlite", "postgresql", "postgres")
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@/]*@")
 
 # The runtimes of the request path's models (`modeling.request_runtime`).
 REQUEST_RUNTIMES: tuple[str, ...] = ("litert", "xla", "graph")

@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,20 @@ import pandas as pd
 
 from core.bundle import BundleStore
 from core.config import ServingConfig
-from core.errors import BundleError, DataError
+from core.errors import BundleError, DataError, StoreError
 from core.schema import MAX_ID, validate_upload, validate_videos
 from core.vocab import FIRST_ID_ROW, OOV_ROW
 from modeling.request_runtime import conversion_process
 from pipelines.artifacts import LoadedBundle, load_bundle
 from pipelines.serving.catalogue import LiveCatalogue
-from pipelines.serving.events import CHANGE_ROW, TAKEDOWN, UPSERT, VIDEO_ROW, EventStore
+from pipelines.serving.events import (
+    CHANGE_ROW,
+    TAKEDOWN,
+    UPSERT,
+    VIDEO_ROW,
+    CatalogueChange,
+    EventStore,
+)
 from pipelines.serving.state import ServingState
 from ranking.blend import blend_scores
 from ranking.request import RequestScorer
@@ -55,6 +62,11 @@ class Recommendation:
         source: ``"personalized"`` or ``"popular"`` (cold start).
         ignored_history: Ids in a request's history that the catalogue does not know.
         timings_ms: Milliseconds per stage.
+        history_source: Where the watches came from: ``"request"`` (the request's
+            ``history``), ``"bundle_and_store"`` (the bundle's history plus the live events of
+            the event store), ``"bundle_only"`` (the event store could not be read: the
+            bundle's history alone, without the user's latest events) or ``"none"`` (no user
+            id and no history).
         attention: With ``explain``: ``{"history": ids the ranker read (oldest first),
             "weights": [items][history]}``, the ranker's target attention.
     """
@@ -64,6 +76,7 @@ class Recommendation:
     source: str
     ignored_history: list[int]
     timings_ms: dict[str, float]
+    history_source: str = "none"
     attention: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -118,7 +131,10 @@ class Recommender:
         self.ranker_history = bundle.config.ranking.history_length
         # Fixed shapes (one user, `candidates` slots): each compiles once.
         encoders = retrieval.encoders
-        with conversion_process() as converter:
+        # Only LiteRT converts, in a child process both models share; the other runtimes
+        # must not pay a spawned interpreter at every load.
+        converting = config.request_runtime == "litert"
+        with conversion_process() if converting else contextlib.nullcontext() as converter:
             self._query = RequestQuery(
                 encoders.query_fn,
                 self.history_length,
@@ -145,6 +161,9 @@ class Recommender:
         self._taken_down: set[int] = set()
         self._catalogue_version = 0
         self.skipped_rows = 0  # stored rows this process could not apply (quarantined)
+        # Told when an answer goes on without the event store ("history" or "catalogue_sync");
+        # the HTTP app counts them (`RecommenderService.on_store_fallback`).
+        self.on_store_fallback: Callable[[str], None] = _ignore_fallback
         # Re-entrant: a sync holds it while applying a run of changes.
         self._write_lock = threading.RLock()
 
@@ -198,34 +217,57 @@ class Recommender:
             len(taken_down),
         )
 
-    def sync_catalogue(self) -> None:
+    def sync_catalogue(self, required: bool = False) -> bool:
         """Applies catalogue changes committed to the event store since the last sync.
 
         Runs before every answer, so an upload or takedown made through any server process
         (or the CLI) is in force for every process's next request. A change that cannot be
         applied is quarantined and skipped; the answer goes on without it.
+
+        Args:
+            required: Raise when the store cannot be read (a write that just committed must
+                be in force when it is acknowledged). Otherwise the sync is skipped, counted
+                (``on_store_fallback("catalogue_sync")``) and the answer goes on with the
+                changes applied so far; the next sync catches up, in order.
+
+        Returns:
+            False when the sync was skipped because the store could not be read.
+
+        Raises:
+            StoreError: The store cannot be read and ``required`` is set.
         """
-        if self.events.catalogue_version() <= self._catalogue_version:
-            return
-        with self._write_lock:
-            changes = self.events.catalogue_changes_after(self._catalogue_version)
-            # Consecutive changes of one kind are applied together, in commit order.
-            for kind, group in itertools.groupby(changes, key=lambda change: change.change):
-                run = list(group)
-                if kind == UPSERT:
-                    self._apply_isolated(CHANGE_ROW, [(c.seq, c.metadata) for c in run])
-                elif kind == TAKEDOWN:
-                    ids = [c.video_id for c in run if 0 <= c.video_id <= MAX_ID]
-                    self._apply_takedowns(np.asarray(ids, dtype=np.int64))
-                    for change in run:
-                        if not 0 <= change.video_id <= MAX_ID:
-                            self._quarantine(
-                                CHANGE_ROW, change.seq, None, f"video_id {change.video_id}"
-                            )
-                else:
-                    for change in run:
-                        self._quarantine(CHANGE_ROW, change.seq, None, f"unknown change {kind!r}")
-                self._catalogue_version = run[-1].seq
+        try:
+            if self.events.catalogue_version() <= self._catalogue_version:
+                return True
+            with self._write_lock:
+                self._apply_changes(self.events.catalogue_changes_after(self._catalogue_version))
+        except StoreError as error:
+            if required:
+                raise
+            logger.debug("catalogue sync skipped: %s", error)
+            self.on_store_fallback("catalogue_sync")
+            return False
+        return True
+
+    def _apply_changes(self, changes: list[CatalogueChange]) -> None:
+        """Applies changes read from the log, in commit order; the caller holds the lock."""
+        # Consecutive changes of one kind are applied together, in commit order.
+        for kind, group in itertools.groupby(changes, key=lambda change: change.change):
+            run = list(group)
+            if kind == UPSERT:
+                self._apply_isolated(CHANGE_ROW, [(c.seq, c.metadata) for c in run])
+            elif kind == TAKEDOWN:
+                ids = [c.video_id for c in run if 0 <= c.video_id <= MAX_ID]
+                self._apply_takedowns(np.asarray(ids, dtype=np.int64))
+                for change in run:
+                    if not 0 <= change.video_id <= MAX_ID:
+                        self._quarantine(
+                            CHANGE_ROW, change.seq, None, f"video_id {change.video_id}"
+                        )
+            else:
+                for change in run:
+                    self._quarantine(CHANGE_ROW, change.seq, None, f"unknown change {kind!r}")
+            self._catalogue_version = run[-1].seq
 
     def _apply_isolated(self, source: str, rows: list[tuple[int, Any]]) -> None:
         """Applies uploads together, or one by one when that fails, quarantining each that
@@ -273,7 +315,7 @@ class Recommender:
         self.catalogue.embed(_videos_table(rows), self._embed)
         for row in rows:
             self.events.upsert_video(row)
-        self.sync_catalogue()
+        self.sync_catalogue(required=True)
         return [row["video_id"] for row in rows]
 
     def take_down(self, video_ids: Sequence[int]) -> int:
@@ -286,7 +328,7 @@ class Recommender:
         held = int(self.index.contains(ids).sum())
         for video_id in ids:
             self.events.take_down(int(video_id))
-        self.sync_catalogue()
+        self.sync_catalogue(required=True)
         return held
 
     def _apply_upserts(self, table: pd.DataFrame) -> None:
@@ -305,10 +347,13 @@ class Recommender:
 
     def _history(
         self, user_id: int | None, history: Sequence[int] | None, now: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int], str]:
         """Watches, oldest first: ``(recent rows, age_hours, engagement, every watched id,
-        ignored ids)``; the recent rows are the last ``history_length`` known videos."""
+        ignored ids, history source)``; the recent rows are the last ``history_length`` known
+        videos, the source is `Recommendation.history_source`."""
+        source = "none"
         if history is not None:
+            source = "request"
             ids = np.asarray(history, dtype=np.int64)
             stamps = np.full(len(ids), now, dtype=np.float64)
             engagement = np.full(len(ids), np.nan, dtype=np.float32)
@@ -316,9 +361,16 @@ class Recommender:
             ids, stamps, engagement = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.float32)
             if user_id is not None:
                 base_ids, base_stamps, base_engagement = self.state.history(user_id)
-                live = self.events.user_events(
-                    user_id, self.state.events_until_id, LIVE_EVENTS_LIMIT
-                )
+                source = "bundle_and_store"
+                try:
+                    live = self.events.user_events(
+                        user_id, self.state.events_until_id, LIVE_EVENTS_LIMIT
+                    )
+                except StoreError as error:
+                    # Better an answer without the latest watches than none (docs/design.md §7).
+                    logger.debug("history of user %s from the bundle alone: %s", user_id, error)
+                    self.on_store_fallback("history")
+                    live, source = [], "bundle_only"
                 ids = np.concatenate([base_ids, [e[0] for e in live]]).astype(np.int64)
                 stamps = np.concatenate([base_stamps, [e[1] for e in live]]).astype(np.float64)
                 live_rows = self.catalogue.rows(np.asarray([e[0] for e in live], np.int64))
@@ -333,7 +385,7 @@ class Recommender:
         ignored = ids[~known].tolist() if history is not None else []
         keep = np.flatnonzero(known)[-self.history_length :]
         ages = np.maximum(now - stamps[keep], 0.0) / 3600.0
-        return rows[keep], ages.astype(np.float32), engagement[keep], ids, ignored
+        return rows[keep], ages.astype(np.float32), engagement[keep], ids, ignored, source
 
     def recommend(
         self,
@@ -373,13 +425,15 @@ class Recommender:
         now = time.time() if now is None else float(now)
         timer = _Timer()
         self.sync_catalogue()
-        rows, ages, engagement, watched_ids, ignored = self._history(user_id, history, now)
+        rows, ages, engagement, watched_ids, ignored, source = self._history(user_id, history, now)
         timer.mark("history")
         excluded = np.unique(np.concatenate([watched_ids, np.asarray(exclude, dtype=np.int64)]))
         if len(rows) == 0:
             items = self._popular(k, excluded, category)
             timer.mark("popular")
-            return Recommendation(items, self.bundle_id, "popular", ignored, timer.marks)
+            return Recommendation(
+                items, self.bundle_id, "popular", ignored, timer.marks, history_source=source
+            )
 
         length = self.history_length
         padded = np.zeros((1, length), dtype=np.int64)
@@ -396,9 +450,13 @@ class Recommender:
         timer.mark("index")
         if len(candidate_ids) == 0:
             items = self._popular(k, excluded, category)
-            return Recommendation(items, self.bundle_id, "popular", ignored, timer.marks)
+            return Recommendation(
+                items, self.bundle_id, "popular", ignored, timer.marks, history_source=source
+            )
 
-        # The ranker pads both lists to its compiled shape itself (ranking.request).
+        # The ranker pads both lists to its compiled shape itself (ranking.request). The
+        # catalogue is read again: an upload applied since the tower's read may be a candidate
+        # now, with a row past the earlier views.
         candidate_rows = self.catalogue.rows(candidate_ids)
         out = self._score(
             rows,
@@ -408,7 +466,7 @@ class Recommender:
             retrieval_scores,
             self.features.user_attribute_matrix(user_row),
             self.catalogue.videos,
-            embeddings,
+            self.catalogue.embeddings,
         )
         history_rows = out["history_rows"]
         timer.mark("ranker")
@@ -433,7 +491,13 @@ class Recommender:
                 "weights": attention[order][:, shown].round(4).tolist(),
             }
         return Recommendation(
-            items, self.bundle_id, "personalized", ignored, timer.marks, explained
+            items,
+            self.bundle_id,
+            "personalized",
+            ignored,
+            timer.marks,
+            history_source=source,
+            attention=explained,
         )
 
     def _because(self, attention: np.ndarray, history_rows: np.ndarray) -> list[list[int]]:
@@ -535,6 +599,10 @@ class Recommender:
         self.recommend(user_id=None)
 
 
+def _ignore_fallback(what: str) -> None:
+    """The default `Recommender.on_store_fallback`: nobody counts."""
+
+
 def _videos_table(rows: Sequence[Any]) -> pd.DataFrame:
     """Validated upload rows (`validate_upload`) as a videos-schema table.
 
@@ -552,7 +620,8 @@ class RecommenderService:
     up and only then replaces the reference; requests already running finish on the old one.
     A bundle that fails any step is refused and the current one keeps serving. `poll` does not
     try a refused bundle again until ``CURRENT`` names another one or the refused bundle's
-    manifest changes; `reload` (``POST /admin/reload``) always tries.
+    manifest changes; `reload` (``POST /admin/reload``) always tries. A bundle that cannot load
+    because the event store is unreachable is not refused: the next poll tries it again.
 
     Args:
         artifacts: Bundle store root (``CURRENT`` names the bundle to serve).
@@ -572,6 +641,9 @@ class RecommenderService:
         self._refused: tuple[str, tuple[int, int, int] | None] | None = None
         self._unreadable_current: str | None = None
         self._closing = False
+        # Told when an answer goes on without the event store ("history", "catalogue_sync");
+        # the HTTP app sets it to count them in /metrics.
+        self.on_store_fallback: Callable[[str], None] = _ignore_fallback
 
     @property
     def current(self) -> Recommender:
@@ -629,7 +701,7 @@ class RecommenderService:
             if self._refused == (target, self.store.manifest_stamp(target)):
                 return
             # Logged and kept in last_error by _swap; the current bundle keeps serving.
-            with contextlib.suppress(BundleError):
+            with contextlib.suppress(BundleError, StoreError):
                 self._swap(target)
 
     def close(self) -> None:
@@ -643,6 +715,9 @@ class RecommenderService:
         if abandoned:
             logger.info("shutting down: stopped %d model conversion process(es)", abandoned)
 
+    def _store_fallback(self, what: str) -> None:
+        self.on_store_fallback(what)
+
     def _swap(self, target: str) -> str:
         """Loads ``target`` aside and swaps it in; the caller holds the swap lock."""
         if self._current is not None and self._current.bundle_id == target:
@@ -651,6 +726,11 @@ class RecommenderService:
         started = time.perf_counter()
         try:
             candidate = Recommender.from_bundle(self.store.path(target), self.events, self.config)
+        except StoreError as error:
+            # Not the bundle's fault: it is tried again at the next poll.
+            self.last_error = f"bundle {target} not loaded yet: {error}"
+            logger.error("%s", self.last_error)
+            raise
         except BundleError as error:
             if self._closing:
                 logger.info("shutting down: stopped loading bundle %s", target)
@@ -660,6 +740,7 @@ class RecommenderService:
             logger.error("refused bundle %s: %s", target, error)
             raise
         previous = self._current.bundle_id if self._current else None
+        candidate.on_store_fallback = self._store_fallback
         self._current = candidate
         self.swaps += 1
         self.last_error = None

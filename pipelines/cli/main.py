@@ -157,15 +157,20 @@ def parse_cutoff(text: str) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from core.bundle import BundleStore
     from pipelines.jobs.retrain import PUBLISHED, retrain_job
-    from pipelines.serving.events import EventStore
+    from pipelines.serving.events import open_event_store, resolve_events_url
 
     config = load_config(args.config, _training_overrides(args))
     cutoff = parse_cutoff(args.cutoff)
+    location = resolve_events_url(args.events, config.serving.events_url, args.artifacts)
     dataset = _load_data(args)
-    events = EventStore(Path(args.events or Path(args.artifacts) / "events.db"))
-    result = retrain_job(
-        dataset, events, BundleStore(args.artifacts), config, cutoff, progress=True
-    )
+    events = open_event_store(location, config.serving, job=True)
+    logger.info("event store: %s (%s)", events.location, events.backend)
+    try:
+        result = retrain_job(
+            dataset, events, BundleStore(args.artifacts), config, cutoff, progress=True
+        )
+    finally:
+        events.close()
     verb = "found (same cutoff and data)" if result.reused else "wrote"
     print(f"{verb} bundle {result.bundle_id}: {result.status} - {result.reason}")
     print(f"serving: {result.serving_id}; report: {result.report}")
@@ -254,7 +259,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 UVICORN_BACKLOG = 2048  # uvicorn.Config's default
 
 
-def _serving_app(artifacts: str, events_path: str, serving: Any) -> tuple[Any, Any]:
+def _serving_app(artifacts: str, events_url: str, serving: Any) -> tuple[Any, Any]:
     """Loads the published bundle behind the HTTP app; returns the app and its
     `RecommenderService` (close it when the server stops)."""
 
@@ -263,14 +268,19 @@ def _serving_app(artifacts: str, events_path: str, serving: Any) -> tuple[Any, A
     from pipelines.serve import RecommenderService
     from pipelines.serving.app import create_app, start_polling
     from pipelines.serving.auth import KeyRing
-    from pipelines.serving.events import EventStore
+    from pipelines.serving.events import open_event_store
 
     keys = KeyRing(serving)  # a malformed key fails before the bundle loads
     tf.config.threading.set_intra_op_parallelism_threads(serving.tf_threads)
     tf.config.threading.set_inter_op_parallelism_threads(serving.tf_threads)
-    events = EventStore(events_path, synchronous=serving.events_synchronous)
+    events = open_event_store(events_url, serving)
+    logger.info("event store: %s (%s)", events.location, events.backend)
     service = RecommenderService(artifacts, events, serving)
-    service.reload()
+    try:
+        service.reload()
+    except BaseException:
+        events.close()
+        raise
     if serving.reload_poll_seconds:
         start_polling(service, serving.reload_poll_seconds)  # a daemon thread; ends with us
     return create_app(service, serving, keys), service
@@ -330,8 +340,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     serving = ServingConfig(**{**dataclasses.asdict(config.serving), **overrides})
-    events_path = str(args.events or Path(args.artifacts) / "events.db")
     from pipelines.serving.auth import KeyRing
+    from pipelines.serving.events import resolve_events_url
+
+    events_url = resolve_events_url(args.events, serving.events_url, args.artifacts)
 
     # Read the keys now: a malformed key or keys file fails here, before anything loads.
     if not KeyRing(serving).configured and serving.host not in LOOPBACK:
@@ -356,7 +368,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     try:
         if serving.workers == 1:
-            app, service = _serving_app(args.artifacts, events_path, serving)
+            app, service = _serving_app(args.artifacts, events_url, serving)
             try:
                 _listen(listener, serving.host, serving.port)
                 print(
@@ -366,10 +378,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return _run_server(uvicorn.Server(uvicorn.Config(app, **server)), listener)
             finally:
                 service.close()
+                service.events.close()
         os.environ[SERVE_SPEC_ENV] = json.dumps(
             {
                 "artifacts": str(args.artifacts),
-                "events": events_path,
+                "events": events_url,
                 "serving": dataclasses.asdict(serving),
                 "verbose": bool(args.verbose),
             }
@@ -520,6 +533,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+EVENTS_HELP = (
+    "event store: a path, sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME (default: "
+    "$VIDREC_EVENTS_URL, else serving.events_url, else <artifacts>/events.db)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vidrec", description="Video recommender: two-tower retrieval, Faiss, MHA ranker."
@@ -598,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cutoff", required=True, help="train on events before this time (epoch s or ISO date)"
     )
     retrain.add_argument("--artifacts", default="artifacts", help="bundle store root")
-    retrain.add_argument("--events", help="event store path (default <artifacts>/events.db)")
+    retrain.add_argument("--events", help=EVENTS_HELP)
     retrain.add_argument("--config", help="JSON file with config sections")
     retrain.add_argument("--max-epochs", type=int, help="retrieval.max_epochs")
     retrain.add_argument("--max-train-seconds", type=float, help="retrieval.max_train_seconds")
@@ -610,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="JSON file with config sections (serving: ...)")
     serve.add_argument("--host", help="serving.host (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="serving.port (default 8000)")
-    serve.add_argument("--events", help="event store path (default <artifacts>/events.db)")
+    serve.add_argument("--events", help=EVENTS_HELP)
     serve.add_argument("--workers", type=int, help="serving.workers: server processes (default 1)")
     serve.set_defaults(handler=cmd_serve)
 

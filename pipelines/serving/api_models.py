@@ -61,6 +61,13 @@ class RecommendResponse(BaseModel):
     source: Literal["personalized", "popular"]
     ignored_history: list[int]
     timings_ms: dict[str, float]
+    history_source: Literal["request", "bundle_and_store", "bundle_only", "none"] = Field(
+        description="Where the watches came from: the request's history; the bundle's "
+        "history plus the user's live events from the event store; the bundle's history "
+        "alone, because the event store could not be read in time (the answer misses the "
+        "user's latest watches, and uploads or takedowns not yet applied here; counted in "
+        "vidrec_store_fallbacks_total); or none (no user id, no history)."
+    )
     attention: dict[str, Any] | None = None
 
 
@@ -87,6 +94,17 @@ class TakedownResponse(BaseModel):
     was_indexed: bool
 
 
+class StoreHealth(BaseModel):
+    backend: Literal["sqlite", "postgresql"]
+    location: str = Field(description="The store's path or URL (without a password).")
+    state: Literal["ok", "unavailable"] = Field(
+        description="unavailable: answers come from the bundle alone and writes answer 503 "
+        "until the server reconnects by itself."
+    )
+    error: str | None = None
+    unavailable_seconds: float | None = None
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready", "degraded", "loading"]
     bundle_id: str | None = None
@@ -94,6 +112,7 @@ class ReadyResponse(BaseModel):
     error: str | None = None
     skipped_rows: int = Field(0, description="Stored rows skipped as unservable.")
     store_error: str | None = Field(None, description="Why the event store cannot be read.")
+    store: StoreHealth | None = None
     worker: int | None = None
 
 
@@ -207,7 +226,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Body larger than serving.max_body_bytes.",
         415: "Body is not application/json.",
         422: "Malformed JSON, or a field missing, of the wrong type or out of range.",
-        503: "No bundle loaded yet, or the event store is busy (retry after Retry-After).",
+        503: "No bundle loaded yet, or the event store is busy or unreachable (retry after "
+        "Retry-After).",
     }
     return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
 

@@ -84,6 +84,11 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
     metrics = Metrics()
     app.state.metrics = metrics
     app.state.service = service
+
+    def store_fallback(what: str) -> None:
+        metrics.store_fallbacks.labels(what=what).inc()
+
+    service.on_store_fallback = store_fallback
     models = api_models(config)
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
     scopes: dict[tuple[str, str], KeyScope] = {}
@@ -151,7 +156,10 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
         responses={200: {"model": RecommendResponse}, **error_responses(400, 413, 415, 422, 503)},
     )
     def recommend(body: models.recommend) -> Response:  # type: ignore[name-defined]
-        """Recommendations for a user id, an anonymous history, or a cold-start visitor."""
+        """Recommendations for a user id, an anonymous history, or a cold-start visitor.
+
+        When the event store cannot be read, the answer still comes, from the bundle's history
+        alone (``history_source: "bundle_only"``)."""
         result = service.current.recommend(
             user_id=body.user_id,
             history=body.history,
@@ -240,7 +248,9 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
     )
     def readyz() -> JSONResponse:
         """A bundle is loaded, verified and warmed up. ``degraded``: serving, but stored rows
-        had to be skipped (`vidrec events check` lists them)."""
+        had to be skipped (`vidrec events check` lists them), or the event store cannot be
+        reached (answers come from the bundle alone, writes answer 503). Still 200 then: every
+        replica shares the store, and taking them all out of rotation would answer nothing."""
         if not service.ready:
             return JSONResponse({"status": "loading", "error": service.last_error}, status_code=503)
         store_error = None
@@ -255,6 +265,7 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
                 "last_refused": service.last_error,
                 "skipped_rows": skipped,
                 "store_error": store_error,
+                "store": service.events.health(),
                 "worker": os.getpid(),
             }
         )

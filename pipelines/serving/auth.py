@@ -18,6 +18,7 @@ import enum
 import hmac
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -67,9 +68,10 @@ class KeySet:
 
 def _checked(keys: list[str], where: str) -> tuple[str, ...]:
     for key in keys:
-        if len(key) < MIN_KEY_CHARS or not key.isprintable() or " " in key:
+        # The header is read as latin-1 bytes: a non-ASCII key could never match.
+        if len(key) < MIN_KEY_CHARS or not (key.isascii() and key.isprintable()) or " " in key:
             raise ConfigError(
-                f"{where}: API keys must be at least {MIN_KEY_CHARS} printable characters "
+                f"{where}: API keys must be at least {MIN_KEY_CHARS} printable ASCII characters "
                 "without spaces (generate one with `python -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))'`)"
             )
@@ -88,7 +90,8 @@ def parse_keys_file(text: str, where: str) -> KeySet:
     """
     found: dict[Scope, list[str]] = {Scope.ADMIN: [], Scope.INGEST: []}
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+        # A comment starts a line or follows white space, so a key may contain '#'.
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         if not line:
             continue
         parts = line.split()
@@ -130,11 +133,19 @@ class KeyRing:
         )
         self._file = Path(config.api_keys_file) if config.api_keys_file else None
         self._file_keys = KeySet()
-        self._file_stamp: tuple[int, int] | None = None
+        self._file_stamp: tuple[int, int, int] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
         if self._file is not None:
             self._file_keys = self._read_file()
+            if not self._file_keys.configured:
+                raise ConfigError(
+                    f"serving.api_keys_file {self._file} holds no key; add '<admin|ingest> "
+                    "<key>' lines, or unset serving.api_keys_file to run without keys"
+                )
+        # Decided once: a server started with keys never opens up because a file later reads
+        # empty (an operator removing the last key, or a rewrite caught half-written).
+        self._keyed = self._env.configured or self._file is not None
 
     def _read_file(self) -> KeySet:
         assert self._file is not None
@@ -144,7 +155,7 @@ class KeyRing:
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"serving.api_keys_file {self._file}: {error}") from error
         keys = parse_keys_file(text, str(self._file))
-        self._file_stamp = (stat.st_mtime_ns, stat.st_size)
+        self._file_stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         return keys
 
     def _refresh(self) -> None:
@@ -160,19 +171,23 @@ class KeyRing:
                     "keys file %s unreadable (%s); keeping the last keys", self._file, error
                 )
                 return
-            if (stat.st_mtime_ns, stat.st_size) == self._file_stamp:
+            if (stat.st_ino, stat.st_mtime_ns, stat.st_size) == self._file_stamp:
                 return
             try:
-                self._file_keys = self._read_file()
-                logger.info("keys file %s read again", self._file)
+                keys = self._read_file()
             except ConfigError as error:
                 logger.error("%s; keeping the last keys", error)
+                return
+            if not keys.configured:
+                logger.error("keys file %s holds no key now; keeping the last keys", self._file)
+                return
+            self._file_keys = keys
+            logger.info("keys file %s read again", self._file)
 
     @property
     def configured(self) -> bool:
-        """Whether any key is configured (otherwise every endpoint is open)."""
-        self._refresh()
-        return self._env.configured or self._file_keys.configured
+        """Whether keys are configured (otherwise every endpoint is open); fixed at start-up."""
+        return self._keyed
 
     def authorize(self, given: str | None, needed: Scope) -> None:
         """Checks a request's ``X-API-Key`` against the scope an endpoint needs.
@@ -180,8 +195,9 @@ class KeyRing:
         Raises:
             AuthError: 401 without a known key, 403 when the key's scope is too narrow.
         """
-        if not self.configured:
+        if not self._keyed:
             return
+        self._refresh()
         if not given:
             raise AuthError(
                 f"this endpoint needs an API key with the {needed.value} scope "

@@ -62,6 +62,13 @@ class Metrics:
         self.feedback = Counter(
             "vidrec_feedback_events", "Feedback events stored", registry=self.registry
         )
+        self.store_fallbacks = Counter(
+            "vidrec_store_fallbacks",
+            "Answers given without the event store (what: history read from the bundle alone, "
+            "or catalogue_sync skipped)",
+            ["what"],
+            registry=self.registry,
+        )
         # Read from the store, which every worker shares: any worker reports the same count.
         self.skipped = Gauge(
             "vidrec_skipped_stored_rows",
@@ -126,24 +133,31 @@ class BodyLimit:
             await _send_error(send, 413, f"body of {int(declared)} bytes exceeds {self.limit}")
             return
         seen = 0
+        refused = False
 
         async def limited() -> Message:
-            nonlocal seen
+            # Over the limit, answer 413 here and tell the app the client went away: raising
+            # instead would reach FastAPI's body parser, which turns any error into a 400.
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _BodyTooLargeError
+                    if not refused:
+                        refused = True
+                        await _send_error(send, 413, f"body exceeds {self.limit} bytes")
+                    return {"type": "http.disconnect"}
             return message
 
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, limited, send)
-        except _BodyTooLargeError:
-            await _send_error(send, 413, f"body exceeds {self.limit} bytes")
-
-
-class _BodyTooLargeError(Exception):
-    pass
+            await self.app(scope, limited, unless_refused)
+        except Exception:
+            if not refused:  # the app's own failure, not the disconnect it was told of
+                raise
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:

@@ -1,14 +1,19 @@
-"""Fixtures shared by the serving tests: one tiny trained bundle for the whole session."""
+"""Fixtures shared by the serving tests: one tiny trained bundle for the whole session, and the
+event store on either backend (a throwaway PostgreSQL server for the session)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import uuid
 
+import psycopg
 import pytest
 
 from core.bundle import BundleStore
 from pipelines.jobs.train import train_job
+from tests.pg_cluster import Cluster, ClusterError
+from tests.stores import POSTGRESQL, SQLITE, StoreBackend
 from tests.tiny import SMALL_BODIES, small_platform, tiny_config, tiny_sections
 
 
@@ -59,3 +64,43 @@ def cli_workspace(cli_workspace_template, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "workspace"
     shutil.copytree(cli_workspace_template, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server (tests/pg_cluster.py) for the session, removed afterwards.
+
+    Never skipped: without PostgreSQL's server programs the tests that need it fail, saying how
+    to install them (`make test` does).
+    """
+    try:
+        cluster = Cluster(max_connections=300)
+    except ClusterError as error:
+        pytest.fail(f"cannot start a PostgreSQL server for the tests: {error}")
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture()
+def pg_url(pg_cluster):
+    """URL of a new empty schema of the session's PostgreSQL server, dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    yield pg_cluster.url(search_path=schema)
+    if not pg_cluster.running():  # a test that stops the server starts it again; be sure
+        pg_cluster.start()
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=[SQLITE, POSTGRESQL])
+def store_backend(request, tmp_path):
+    """The event store on each backend in turn (`tests.stores.StoreBackend`)."""
+    if request.param == SQLITE:
+        backend = StoreBackend(SQLITE, str(tmp_path / "events.db"))
+    else:
+        url = request.getfixturevalue("pg_url")
+        backend = StoreBackend(POSTGRESQL, url, request.getfixturevalue("pg_cluster"))
+    yield backend
+    backend.close()

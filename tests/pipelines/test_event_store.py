@@ -1,9 +1,11 @@
-"""`EventStore` (pipelines/serving/events.py) on its own: what it stores, in which order, and
-how it sets aside rows it cannot serve. Rows an older store or a bug let in are written with
-sqlite3 directly, as such a store would hold them."""
+"""`EventStore` (pipelines/serving/events/) on its own: what it stores, in which order, and how
+it sets aside rows it cannot serve, on both backends (`store_backend`: SQLite, then PostgreSQL).
+Rows an older store or a bug let in are written with the database's driver directly, as such a
+store would hold them."""
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import subprocess
@@ -14,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from core.errors import DataError, StoreError
+from core.config import ServingConfig
+from core.errors import ConfigError, DataError, StoreError
+from pipelines.cli.main import main
 from pipelines.serving.events import (
     CHANGE_ROW,
     EVENT_ROW,
@@ -25,13 +29,11 @@ from pipelines.serving.events import (
     VIDEO_ROW,
     EventStore,
     FeedbackEvent,
+    sql,
 )
+from pipelines.serving.events.urls import backend_of, redact, resolve_events_url, sqlite_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _store(tmp_path: Path) -> EventStore:
-    return EventStore(tmp_path / "events.db")
 
 
 def _plain(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -39,7 +41,7 @@ def _plain(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [tuple(None if isinstance(v, float) and math.isnan(v) else v for v in r) for r in rows]
 
 
-def _insert_event(raw: sqlite3.Connection, *values: Any) -> None:
+def _insert_event(raw: Any, *values: Any) -> None:
     raw.execute(
         "INSERT INTO events (user_id, video_id, timestamp, event, watch_seconds, rating,"
         " received_at) VALUES (?, ?, ?, ?, ?, ?, 0)",
@@ -50,8 +52,8 @@ def _insert_event(raw: sqlite3.Connection, *values: Any) -> None:
 # -- events ----------------------------------------------------------------------------------
 
 
-def test_user_events_come_oldest_first_after_an_id_and_limited_to_the_newest(tmp_path):
-    store = _store(tmp_path)
+def test_user_events_come_oldest_first_after_an_id_and_limited_to_the_newest(store_backend):
+    store = store_backend.open()
     assert store.last_id() == 0
     written = store.append(
         [
@@ -83,8 +85,8 @@ def test_user_events_come_oldest_first_after_an_id_and_limited_to_the_newest(tmp
     assert store.append([]) == 0
 
 
-def test_interactions_select_by_time_and_by_stored_id(tmp_path):
-    store = _store(tmp_path)
+def test_interactions_select_by_time_and_by_stored_id(store_backend):
+    store = store_backend.open()
     # Stored out of time order: ids 1..4 have timestamps 400, 100, 300, 200.
     store.append([FeedbackEvent(1, 10, 400, watch_seconds=12.5)])
     store.append([FeedbackEvent(2, 20, 100, event="skip")])
@@ -117,8 +119,8 @@ def test_interactions_select_by_time_and_by_stored_id(tmp_path):
 # -- catalogue changes -----------------------------------------------------------------------
 
 
-def test_catalogue_changes_are_logged_in_commit_order_and_an_upload_lifts_a_takedown(tmp_path):
-    store = _store(tmp_path)
+def test_catalogue_changes_are_logged_in_commit_order_and_an_upload_lifts_a_takedown(store_backend):
+    store = store_backend.open()
     assert store.catalogue_version() == 0
     assert store.upsert_video({"video_id": 7, "title": "first", "duration": 60}) == 7  # seq 1
     store.take_down(7)  # seq 2
@@ -153,8 +155,8 @@ def test_catalogue_changes_are_logged_in_commit_order_and_an_upload_lifts_a_take
     assert store.uploaded_videos() == [second]
 
 
-def test_a_refused_catalogue_write_stores_nothing(tmp_path):
-    store = _store(tmp_path)
+def test_a_refused_catalogue_write_stores_nothing(store_backend):
+    store = store_backend.open()
     with pytest.raises(DataError, match=r"video_id.*must be in \[0, 2\*\*63 - 1\], got -1"):
         store.upsert_video({"video_id": -1})
     with pytest.raises(DataError, match=r"video_id must be in \[0, 2\*\*63 - 1\], got -2"):
@@ -166,8 +168,8 @@ def test_a_refused_catalogue_write_stores_nothing(tmp_path):
 # -- rows that cannot be served --------------------------------------------------------------
 
 
-def test_quarantine_records_a_row_once(tmp_path):
-    store = _store(tmp_path)
+def test_quarantine_records_a_row_once(store_backend):
+    store = store_backend.open()
     store.quarantine(EVENT_ROW, 5, {"user_id": -1}, "user_id out of range")
     # A second server process meets the same row and records it again: still one entry, the first.
     store.quarantine(EVENT_ROW, 5, {"user_id": -1}, "another wording")
@@ -181,12 +183,12 @@ def test_quarantine_records_a_row_once(tmp_path):
     assert store.quarantined(SET_ASIDE) == []
 
 
-def test_invalid_rows_are_listed_skipped_on_read_and_set_aside_by_repair(tmp_path):
-    store = _store(tmp_path)
+def test_invalid_rows_are_listed_skipped_on_read_and_set_aside_by_repair(store_backend):
+    store = store_backend.open()
     store.append([FeedbackEvent(1, 10, 100)])  # id 1, valid
     store.upsert_video({"video_id": 7})  # seq 1, valid
-    raw = sqlite3.connect(store.path)
-    with raw:  # one committed transaction, as an older version of the store would have written
+    # One committed transaction, as an older version of the store would have written.
+    with store_backend.raw() as raw:
         _insert_event(raw, -1, 10, 150, "watch", None, None)  # id 2
         _insert_event(raw, 1, 11, 200, "rating", None, 7.0)  # id 3
         _insert_event(raw, 1, 12, 250, "bogus", None, None)  # id 4
@@ -196,7 +198,6 @@ def test_invalid_rows_are_listed_skipped_on_read_and_set_aside_by_repair(tmp_pat
             ('{"video_id": 10}',),
         )
         raw.execute("INSERT INTO catalogue_changes (video_id, change) VALUES (9, 'rename')")
-    raw.close()
     # A server skipped event 2 before the repair, and a valid row by mistake (a bug since fixed).
     store.quarantine(EVENT_ROW, 2, None, "skipped by a server")
     store.quarantine(EVENT_ROW, 1, None, "skipped by a bug")
@@ -235,7 +236,7 @@ def test_invalid_rows_are_listed_skipped_on_read_and_set_aside_by_repair(tmp_pat
     assert store.repair() == []
 
 
-# -- the file --------------------------------------------------------------------------------
+# -- the SQLite file ---------------------------------------------------------------------------
 
 
 def test_the_directory_must_exist(tmp_path):
@@ -247,14 +248,93 @@ def test_the_directory_must_exist(tmp_path):
         EventStore(tmp_path / "events.db", synchronous="OFF")
 
 
-def test_an_acknowledged_append_survives_its_process(tmp_path):
+def test_an_older_sqlite_store_is_migrated_in_place_and_a_plain_path_is_sqlite(tmp_path):
+    # The tables as vidrec wrote them before the schema version was recorded.
     path = tmp_path / "events.db"
-    # The writer dies right after append returns: no close, no checkpoint of the WAL.
+    old = sqlite3.connect(path)
+    old.executescript(sql.SQLITE_TABLES)
+    with old:
+        _insert_event(old, 5, 7, 100, "watch", 9.0, None)
+        old.execute("INSERT INTO takedowns (video_id, removed_at) VALUES (3, 0)")
+    old.close()
+    for location in (str(path), f"sqlite:///{path}"):  # sqlite:/// + an absolute path
+        store = EventStore(location)
+        assert type(store).__name__ == "SQLiteEventStore"
+        assert store.schema_version() == sql.SCHEMA_VERSION == 2
+        assert _plain(store.user_events(5, after_id=0, limit=10)) == [(7, 100, 9.0, None)]
+        assert store.taken_down() == {3}
+
+
+def test_a_store_newer_than_the_code_is_refused(store_backend):
+    store_backend.open().close()
+    with store_backend.raw() as raw:
+        raw.execute("UPDATE store_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(
+        StoreError, match=r"schema version 99, newer than this vidrec knows \(2\): upgrade vidrec"
+    ):
+        store_backend.open()
+
+
+def test_a_user_s_events_are_read_through_the_index(store_backend):
+    store = store_backend.open()
+    with store_backend.raw() as raw:
+        if store_backend.name == "postgresql":
+            # Enough rows (2,000 users) that the planner prefers the index to a scan.
+            raw.execute(
+                "INSERT INTO events (user_id, video_id, timestamp, event, received_at) "
+                "SELECT mod(g, 2000), g, g, 'watch', 0 FROM generate_series(1, 20000) AS g"
+            )
+            raw.execute("ANALYZE events")
+            explain = "EXPLAIN "
+        else:
+            explain = "EXPLAIN QUERY PLAN "
+        plan = raw.execute(explain + sql.USER_EVENTS, (42, 0, 50)).fetchall()
+    assert "events_by_user" in " ".join(str(line) for line in plan), plan
+    expected = 10 if store_backend.name == "postgresql" else 0
+    assert len(store.user_events(42, after_id=0, limit=50)) == expected
+
+
+def test_store_urls_and_which_one_a_command_uses(tmp_path):
+    env = {"VIDREC_EVENTS_URL": "postgresql://vidrec@db:5432/vidrec"}
+    configured = "sqlite:////srv/vidrec/events.db"
+    assert resolve_events_url("flag.db", configured, "art", env) == "flag.db"
+    assert resolve_events_url(None, configured, "art", env) == env["VIDREC_EVENTS_URL"]
+    assert resolve_events_url(None, configured, "art", {}) == configured
+    assert resolve_events_url(None, None, "art", {}) == str(Path("art") / "events.db")
+    assert sqlite_path(configured) == Path("/srv/vidrec/events.db")
+    assert sqlite_path("sqlite:///relative/events.db") == Path("relative/events.db")
+    assert backend_of("postgres://h/db") == backend_of("postgresql://h/db") == "postgresql"
+    with pytest.raises(ConfigError, match=r"unknown scheme 'mysql'; use a file path"):
+        resolve_events_url("mysql://u:secret@h/db", None, "art", {})
+    with pytest.raises(ConfigError, match=r"write sqlite:///relative/path.db"):
+        sqlite_path("sqlite://host/events.db")
+    assert redact("postgresql://u:secret@h:5/db?password=x&a=1") == (
+        "postgresql://u:***@h:5/db?password=***&a=1"
+    )
+    with pytest.raises(ConfigError, match=r"serving.events_url: must be a file path"):
+        ServingConfig(events_url="redis://u:secret@x")
+    with pytest.raises(ConfigError, match=r"serving.events_pool_size: must be in \[1, 1000\]"):
+        ServingConfig(events_pool_size=0)
+
+
+def test_events_commands_use_the_store_the_config_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VIDREC_EVENTS_URL", raising=False)
+    configured = tmp_path / "configured.db"
+    EventStore(configured).append([FeedbackEvent(1, 10, 100)])
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"serving": {"events_url": f"sqlite:///{configured}"}}))
+    assert main(["events", "check", "--config", str(config), "--artifacts", "nowhere"]) == 0
+    assert capsys.readouterr().out.startswith(f"event store {configured}: 1 events")
+
+
+def test_an_acknowledged_append_survives_its_process(store_backend):
+    # The writer dies right after append returns: no close, no checkpoint of the WAL, no
+    # connection closed.
     writer = textwrap.dedent(
         f"""
         import os
         from pipelines.serving.events import EventStore, FeedbackEvent
-        store = EventStore({str(path)!r})
+        store = EventStore({store_backend.url!r})
         store.upsert_video({{"video_id": 7}})
         written = store.append([FeedbackEvent(5, 7, 100, watch_seconds=9.0)])
         print(written, flush=True)
@@ -266,10 +346,12 @@ def test_an_acknowledged_append_survives_its_process(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
-    reopened = EventStore(path)
+    reopened = store_backend.open()
     assert (reopened.count(), reopened.last_id(), reopened.catalogue_version()) == (1, 1, 1)
     assert _plain(reopened.user_events(5, after_id=0, limit=10)) == [(7, 100, 9.0, None)]
     # And within a process: closed and opened again.
     reopened.append([FeedbackEvent(5, 7, 200)])
     reopened.close()
-    assert _plain(EventStore(path).user_events(5, after_id=1, limit=10)) == [(7, 200, None, None)]
+    assert _plain(store_backend.open().user_events(5, after_id=1, limit=10)) == [
+        (7, 200, None, None)
+    ]

@@ -1,13 +1,13 @@
 """The write path: nothing a client sends, and no row already stored, can stop serving.
 
 Every case of issue 11 through the HTTP app; stored rows that an older store or a bug let in
-are written with sqlite directly, as such a store would hold them.
+are written with the database's driver directly, as such a store would hold them. The parts
+about the store itself (what it refuses, rows it cannot serve, a busy store) run on both
+backends (`store_backend`).
 """
 
+import contextlib
 import json
-import sqlite3
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,10 +16,12 @@ from fastapi.testclient import TestClient
 
 from core.errors import AuthError, ConfigError, DataError
 from core.schema import validate_upload
+from pipelines.cli.main import main
 from pipelines.serve import RecommenderService
 from pipelines.serving.app import create_app
 from pipelines.serving.auth import KeyRing, Scope, parse_keys_file
 from pipelines.serving.events import EventStore, FeedbackEvent
+from tests.stores import SQLITE
 from tests.tiny import ADMIN_KEY, INGEST_KEY, KEY_ENV
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -107,8 +109,12 @@ def test_a_restart_after_refused_uploads_comes_up_ready(client, service, serving
     restarted = RecommenderService(root / "artifacts", service.events, config.serving)
     assert restarted.reload() == bundle_id
     assert restarted.current.skipped_rows == 0
-    ready = client.get("/readyz").json()
+    after_restart = TestClient(
+        create_app(restarted, config.serving, KeyRing(config.serving, KEY_ENV))
+    )
+    ready = after_restart.get("/readyz").json()
     assert ready["status"] == "ready" and ready["skipped_rows"] == 0
+    assert after_restart.post("/recommend", json={"k": 3}).status_code == 200
 
 
 def test_integers_outside_int64_are_a_4xx_never_a_500(client):
@@ -199,6 +205,19 @@ def test_wrong_content_type_is_415_and_the_batch_limit_fits_the_body_limit(
     batch = {"events": [widest] * config.max_feedback_batch}
     assert len(json.dumps(batch, indent=1)) <= config.max_body_bytes
     assert client.post("/feedback", json=batch, headers=INGEST).status_code == 200
+
+    # A body streamed without a length is cut off at the limit with the same 413.
+    def streamed():
+        yield b'{"events": ['
+        for _ in range(200):
+            yield json.dumps(widest).encode() + b","
+        yield json.dumps(widest).encode() + b"]}"
+
+    chunked = client.post(
+        "/feedback", content=streamed(), headers={**INGEST, "content-type": "application/json"}
+    )
+    assert chunked.status_code == 413
+    assert chunked.json() == {"error": f"body exceeds {config.max_body_bytes} bytes"}
     over = client.post(
         "/feedback", json={"events": [widest] * (config.max_feedback_batch + 1)}, headers=INGEST
     )
@@ -244,11 +263,10 @@ def test_openapi_states_the_limits_and_every_status(client, serving_platform):
     assert schemas["FeedbackItem"]["properties"]["user_id"]["maximum"] == 2**63 - 1
 
 
-def _store_rows_an_old_store_could_hold(path, user: int, video: int) -> None:
+def _store_rows_an_old_store_could_hold(store_backend, user: int, video: int) -> None:
     """Rows the write path now refuses, written as an older vidrec (or a bug) stored them."""
-    connection = sqlite3.connect(path)
     bad = json.dumps({"video_id": 424242, "upload_time": 1e300, "title": "broken"})
-    with connection:
+    with store_backend.raw() as connection:
         connection.execute(
             "INSERT INTO videos (video_id, metadata, updated_at) VALUES (424242, ?, 1)", (bad,)
         )
@@ -259,23 +277,21 @@ def _store_rows_an_old_store_could_hold(path, user: int, video: int) -> None:
         )
         connection.execute(
             "INSERT INTO events (user_id, video_id, timestamp, event, watch_seconds, rating, "
-            "received_at) VALUES (?, ?, ?, 'rating', NULL, 1e999, 0)",
-            (user, video, int(time.time())),
+            "received_at) VALUES (?, ?, ?, 'rating', NULL, ?, 0)",
+            (user, video, int(time.time()), float("inf")),
         )
-    connection.close()
 
 
 def test_stored_rows_that_cannot_be_served_are_skipped_shown_and_repaired(
-    serving_platform, tmp_path
+    serving_platform, store_backend, capsys
 ):
     data, config, root, bundle_id = serving_platform
-    path = tmp_path / "events.db"
-    EventStore(path).close()
+    store_backend.open().close()
     user, video = _user(data), int(data.videos["video_id"].iloc[5])
-    _store_rows_an_old_store_could_hold(path, user, video)
+    _store_rows_an_old_store_could_hold(store_backend, user, video)
 
     # Start-up skips the bad upload instead of refusing to serve.
-    service = RecommenderService(root / "artifacts", EventStore(path), config.serving)
+    service = RecommenderService(root / "artifacts", store_backend.open(), config.serving)
     assert service.reload() == bundle_id
     assert service.current.skipped_rows == 1
     client = TestClient(create_app(service, config.serving, KeyRing(config.serving, {})))
@@ -287,42 +303,39 @@ def test_stored_rows_that_cannot_be_served_are_skipped_shown_and_repaired(
     assert not service.current.index.contains([424242])[0]
 
     # A bad change committed while serving is skipped by the next answer.
-    connection = sqlite3.connect(path)
-    with connection:
+    with store_backend.raw() as connection:
         connection.execute(
             "INSERT INTO catalogue_changes (video_id, change, metadata) VALUES (5, 'upsert', '{x')"
         )
-    connection.close()
     _still_serving(client, data)
     assert service.current.skipped_rows == 2
 
-    check = _vidrec("events", "check", "--events", str(path))
-    assert check.returncode == 2, check.stderr
-    assert "invalid live rows: 4" in check.stdout  # the upload, its change, the bad JSON, the event
-    assert "rows servers skipped: 2" in check.stdout
-    assert "upload_time" in check.stdout and "rating" in check.stdout
-    repair = _vidrec("events", "repair", "--events", str(path))
-    assert repair.returncode == 0 and "set aside 4 invalid row(s)" in repair.stdout
-    check = _vidrec("events", "check", "--events", str(path))
-    assert check.returncode == 0, check.stdout
-    assert "rows set aside by repair: 4" in check.stdout
-    set_aside = EventStore(path).quarantined("set_aside")
+    # In-process: the command line's code and output, without a new interpreter per call.
+    def vidrec(*args: str) -> tuple[int, str]:
+        code = main([*args, "--events", store_backend.url])
+        return code, capsys.readouterr().out
+
+    code, out = vidrec("events", "check")
+    assert code == 2, out
+    assert "invalid live rows: 4" in out  # the upload, its change, the bad JSON, the event
+    assert "rows servers skipped: 2" in out
+    assert "upload_time" in out and "rating" in out
+    code, out = vidrec("events", "repair")
+    assert code == 0 and "set aside 4 invalid row(s)" in out
+    code, out = vidrec("events", "check")
+    assert code == 0, out
+    assert "rows set aside by repair: 4" in out
+    set_aside = store_backend.open().quarantined("set_aside")
     assert {row["source"] for row in set_aside} == {"video", "catalogue_change", "event"}
 
-    restarted = RecommenderService(root / "artifacts", EventStore(path), config.serving)
+    restarted = RecommenderService(root / "artifacts", store_backend.open(), config.serving)
     restarted.reload()
     assert restarted.current.skipped_rows == 0
     assert client.get("/readyz").json()["status"] == "ready"
 
 
-def _vidrec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=60
-    )
-
-
-def test_the_store_itself_refuses_what_the_api_refuses(tmp_path):
-    events = EventStore(tmp_path / "events.db")
+def test_the_store_itself_refuses_what_the_api_refuses(store_backend, tmp_path):
+    events = store_backend.open()
     with pytest.raises(DataError, match=r"upload_time.*finite number in \[0, 4102444800\]"):
         events.upsert_video({"video_id": 3, "upload_time": 1e300})
     with pytest.raises(DataError, match=r"video_id.*must be in \[0, 2\*\*63 - 1\], got -1"):
@@ -336,9 +349,10 @@ def test_the_store_itself_refuses_what_the_api_refuses(tmp_path):
     assert events.catalogue_version() == 0 and events.count() == 0
     assert events.upsert_video({"video_id": 3, "title": "ok", "year": 2001}) == 3
     assert validate_upload({"video_id": 3, "tags": ["a"]})["tags"] == ["a"]
-    with pytest.raises(Exception, match=r"directory .*missing does not exist"):
-        EventStore(tmp_path / "missing" / "events.db")
-    assert not (tmp_path / "missing").exists()
+    if store_backend.name == SQLITE:
+        with pytest.raises(Exception, match=r"directory .*missing does not exist"):
+            EventStore(tmp_path / "missing" / "events.db")
+        assert not (tmp_path / "missing").exists()
 
 
 def test_keys_have_scopes_rotate_from_a_file_and_are_checked(tmp_path, serving_platform):
@@ -348,7 +362,7 @@ def test_keys_have_scopes_rotate_from_a_file_and_are_checked(tmp_path, serving_p
     ring.authorize("b" * 16, Scope.ADMIN)  # two admin keys while one is rotated out
     with pytest.raises(AuthError, match="needs an API key with the ingest scope"):
         ring.authorize(None, Scope.INGEST)
-    with pytest.raises(ConfigError, match="at least 16 printable characters"):
+    with pytest.raises(ConfigError, match="at least 16 printable ASCII characters"):
         KeyRing(config, {"VIDREC_INGEST_KEY": "short"})
     with pytest.raises(ConfigError, match=r"line 2: expected '<admin\|ingest> <key>'"):
         parse_keys_file("# keys\nroot " + "k" * 20 + "\n", "keys.txt")
@@ -368,29 +382,52 @@ def test_keys_have_scopes_rotate_from_a_file_and_are_checked(tmp_path, serving_p
         ring.authorize(old, Scope.ADMIN)
     assert refused.value.status == 403
     ring.authorize(old, Scope.INGEST)
+    # A file emptied while serving (the last key removed, or a rewrite caught half-written)
+    # never opens the server: the last keys stay in force.
+    keys.write_text("# nothing here\n")
+    ring._checked_at = 0.0
+    ring.authorize(new, Scope.ADMIN)
+    with pytest.raises(AuthError, match="needs an API key"):
+        ring.authorize(None, Scope.INGEST)
+    assert ring.configured
+    with pytest.raises(ConfigError, match="holds no key"):
+        KeyRing(dataclasses.replace(config, api_keys_file=str(keys)), {})
+    # A '#' inside a key is part of it; a comment starts a line or follows white space.
+    keys.write_text("admin abc#defghijklmnopq  # the deploy key\n")
+    assert parse_keys_file(keys.read_text(), "keys").admin == ("abc#defghijklmnopq",)
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        KeyRing(config, {"VIDREC_API_KEY": "ключ-ключ-ключ-ключ"})
+
+
+@contextlib.contextmanager
+def _another_writer_that_does_not_let_go(store_backend):
+    with store_backend.raw() as holder:
+        if store_backend.name == SQLITE:
+            holder.execute("BEGIN EXCLUSIVE")
+        else:  # readers go on, writers of events wait
+            holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        yield
 
 
 def test_a_busy_store_answers_503_with_retry_after_and_recommendations_go_on(
-    serving_platform, tmp_path
+    serving_platform, store_backend
 ):
     data, config, root, _ = serving_platform
-    path = tmp_path / "events.db"
-    service = RecommenderService(
-        root / "artifacts", EventStore(path, busy_timeout_seconds=0.2), config.serving
-    )
+    # How long a write may wait for another writer: SQLite's busy timeout, PostgreSQL's
+    # statement timeout (a lock wait counts).
+    wait = {"busy_timeout_seconds": 0.2} if store_backend.name == SQLITE else {}
+    if not wait:
+        wait = {"statement_timeout_seconds": 0.2}
+    service = RecommenderService(root / "artifacts", store_backend.open(**wait), config.serving)
     service.reload()
     client = TestClient(create_app(service, config.serving, KeyRing(config.serving, {})))
     event = {"user_id": _user(data), "video_id": 1}
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # another writer that does not let go
-    try:
+    with _another_writer_that_does_not_let_go(store_backend):
         busy = client.post("/feedback", json=event)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert "cannot take a write now" in busy.json()["error"]
         _still_serving(client, data)
-        assert client.get("/readyz").json()["status"] == "ready"
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["store"]["state"] == "ok"
     assert client.post("/feedback", json=event).json() == {"stored": 1}
     assert service.events.count() == 1
