@@ -1,4 +1,4 @@
-"""Reading and writing the model parts of a bundle (layout in DESIGN.md section 4).
+"""Reading and writing the model parts of a bundle (layout in docs/design.md §6).
 
 ::
 

@@ -1,12 +1,14 @@
-"""The online recommender: user tower -> Faiss -> ranker -> blend -> diversity (DESIGN.md §1).
+"""The online recommender: user tower -> Faiss -> ranker -> blend -> diversity (docs/design.md
+§3).
 
 `Recommender` answers one request in-process in a few milliseconds: it reads the user's recent
 watches (the bundle's history plus live events from the event store), embeds them with the user
-tower's fixed-signature `tf.function`, fetches N candidates from the index with watched, taken
-down and excluded videos removed, scores them with the ranker (one call for all N), blends the
-watch and engagement heads, re-ranks for diversity and names the watched videos each result
-comes from (the ranker's attention). `RecommenderService` owns the serving `Recommender` and
-swaps in a newly published bundle without dropping a request.
+tower at one request's fixed shapes (`retrieval.request`, LiteRT by default), fetches N
+candidates from the index with watched, taken down and excluded videos removed, scores them with
+the ranker (one call for all N), blends the watch and engagement heads, re-ranks for diversity
+and names the watched videos each result comes from (the ranker's attention).
+`RecommenderService` owns the serving `Recommender` and swaps in a newly published bundle
+without dropping a request.
 """
 
 from __future__ import annotations

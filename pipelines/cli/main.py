@@ -316,6 +316,9 @@ def worker_app() -> Any:
         # exits 2) instead of restarting a worker that would fail the same way forever.
         logger.error("worker %d cannot serve: %s", os.getpid(), error)
         sys.exit(STARTUP_FAILURE)
+    except Exception:  # a bug: keep its traceback, but do not let uvicorn restart it forever
+        logger.exception("worker %d failed to start", os.getpid())
+        sys.exit(STARTUP_FAILURE)
     finally:
         if graceful is not None:
             signal.signal(signal.SIGTERM, graceful)
