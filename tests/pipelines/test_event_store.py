@@ -239,6 +239,21 @@ def test_invalid_rows_are_listed_skipped_on_read_and_set_aside_by_repair(store_b
 # -- the SQLite file ---------------------------------------------------------------------------
 
 
+def test_a_fractional_id_sqlite_kept_is_invalid_not_a_failed_retrain(tmp_path):
+    """SQLite stores 1.5 in an INTEGER column; the retrain's loader would stop on it."""
+    store = EventStore(tmp_path / "events.db")
+    store.append([FeedbackEvent(1, 10, 100)])
+    raw = sqlite3.connect(tmp_path / "events.db")
+    with raw:
+        raw.execute(
+            "INSERT INTO events (user_id, video_id, timestamp, event, received_at) "
+            "VALUES (1.5, 10, 150, 'watch', 0)"
+        )
+    raw.close()
+    assert [row["ref"] for row in store.invalid_rows()] == [2]
+    assert store.interactions()["user_id"].tolist() == [1]
+
+
 def test_the_directory_must_exist(tmp_path):
     missing = tmp_path / "missing"
     with pytest.raises(StoreError, match=r"directory .*missing does not exist; create it"):

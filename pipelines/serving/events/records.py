@@ -26,6 +26,9 @@ EVENT_KINDS: frozenset[str] = frozenset({"watch", "rating", "like", "skip"})
 VALID_EVENT = (
     f"(user_id BETWEEN 0 AND {MAX_ID} AND video_id BETWEEN 0 AND {MAX_ID}"
     f" AND timestamp BETWEEN 0 AND {MAX_TIMESTAMP}"
+    # SQLite keeps a REAL such as 1.5 in an INTEGER column; the retrain's loader refuses it.
+    " AND user_id = CAST(user_id AS BIGINT) AND video_id = CAST(video_id AS BIGINT)"
+    " AND timestamp = CAST(timestamp AS BIGINT)"
     f" AND event IN ({', '.join(repr(kind) for kind in sorted(EVENT_KINDS))})"
     f" AND (watch_seconds IS NULL OR watch_seconds BETWEEN 0 AND {MAX_SECONDS!r})"
     f" AND (rating IS NULL OR rating BETWEEN 0 AND {MAX_RATING!r}))"
