@@ -294,6 +294,68 @@ class RankingConfig(TrainingConfig):
         self._check_training(f, min_batch_size=1)
 
 
+# Item-to-item candidate sources (`candidates.sources`), in the order their lists are merged.
+CANDIDATE_SOURCES: tuple[str, ...] = ("transition", "covisit", "creator")
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidatesConfig:
+    """Item-to-item candidate sources beside the two-tower index (`candidates`).
+
+    The train job counts them from the training events and stores them in the bundle; at
+    request time they read the user's latest watches (docs/design.md §3).
+
+    Attributes:
+        sources: Which sources to build and merge, from `CANDIDATE_SOURCES`: ``transition``
+            (what was watched right after each video), ``covisit`` (watched within
+            ``covisit_window`` positions of each other, either order) and ``creator`` (the
+            same creator's next upload).
+        recent_watches: The latest watches a source reads; the most recent weighs most.
+        recency_decay: Weight of each older watch relative to the next newer one.
+        per_source: Candidates each source proposes.
+        source_share: Of the ranker's N candidate slots, the share the sources may take
+            (`source_slots`); the index fills the rest, so retrieval alone still brings at
+            least the other ``1 - source_share``.
+        max_neighbours: Strongest neighbours kept per video and source (bounds the tables).
+        covisit_window: Positions apart within which two watches of a user co-visit.
+    """
+
+    sources: tuple[str, ...] = CANDIDATE_SOURCES
+    recent_watches: int = 5
+    recency_decay: float = 0.5
+    per_source: int = 100
+    source_share: float = 1 / 3
+    max_neighbours: int = 50
+    covisit_window: int = 5
+
+    def source_slots(self, num_slots: int) -> int:
+        """How many of ``num_slots`` candidate slots the sources may take."""
+        return int(num_slots * self.source_share)
+
+    def __post_init__(self) -> None:
+        f = "candidates"
+        unknown = sorted(set(self.sources) - set(CANDIDATE_SOURCES))
+        require(
+            not unknown, f"{f}.sources", f"unknown {unknown}; choose from {list(CANDIDATE_SOURCES)}"
+        )
+        require(len(set(self.sources)) == len(self.sources), f"{f}.sources", "lists a source twice")
+        require_at_least(
+            self,
+            f,
+            {"recent_watches": 1, "per_source": 1, "max_neighbours": 1, "covisit_window": 1},
+        )
+        require(
+            0.0 <= self.source_share < 1.0,
+            f"{f}.source_share",
+            f"must be in [0, 1), got {self.source_share}",
+        )
+        require(
+            0.0 < self.recency_decay <= 1.0,
+            f"{f}.recency_decay",
+            f"must be in (0, 1], got {self.recency_decay}",
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     """Offline evaluation (`pipelines.jobs.evaluate`).
@@ -696,6 +758,10 @@ class RetrainConfig:
             judge: the job fails instead of promoting blindly.
         max_window_users: Users sampled from the window for the comparison (bounds time).
         warm_start: Start both models from the serving bundle's weights (vocabularies grow).
+        fold_in_epochs: After the gate passes, the new models train this many more epochs,
+            warm-started, on every event before the cutoff, the window included, so the
+            newest day reaches what is served (the gate judged the models without it); 0
+            publishes the gated models as they are.
     """
 
     window_days: float = 1.0
@@ -704,9 +770,11 @@ class RetrainConfig:
     min_window_users: int = 20
     max_window_users: int = 5_000
     warm_start: bool = True
+    fold_in_epochs: int = 1
 
     def __post_init__(self) -> None:
         f = "retrain"
+        require(self.fold_in_epochs >= 0, f"{f}.fold_in_epochs", "must be >= 0")
         require(self.window_days > 0, f"{f}.window_days", f"must be > 0, got {self.window_days}")
         metrics = ("ndcg@10", "hr@10", "mrr")
         require(
@@ -730,6 +798,7 @@ class VidrecConfig:
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     ranking: RankingConfig = dataclasses.field(default_factory=RankingConfig)
+    candidates: CandidatesConfig = dataclasses.field(default_factory=CandidatesConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     bundles: BundlesConfig = dataclasses.field(default_factory=BundlesConfig)

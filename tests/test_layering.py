@@ -1,8 +1,8 @@
 """The dependency rule of docs/design.md §2, checked on every import line of the packages.
 
-core <- modeling <- retrieval, ranking; core <- index; all of them <- pipelines. TensorFlow and
-Faiss meet only in pipelines: core imports neither, index never imports TensorFlow, and the
-TensorFlow packages never import Faiss.
+core <- modeling <- retrieval, ranking; core <- index; core <- candidates; all of them <-
+pipelines. TensorFlow and Faiss meet only in pipelines: core and candidates import neither,
+index never imports TensorFlow, and the TensorFlow packages never import Faiss.
 """
 
 import ast
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"core", "modeling", "retrieval", "ranking", "index", "pipelines"}
+PROJECT = {"core", "modeling", "retrieval", "ranking", "index", "candidates", "pipelines"}
 TENSORFLOW = {"tensorflow", "tf_keras", "tensorflow_recommenders", "ai_edge_litert", "keras"}
 # What each package may import, among the project's packages and the two heavy libraries.
 ALLOWED = {
@@ -20,6 +20,7 @@ ALLOWED = {
     "retrieval": {"core", "modeling"} | TENSORFLOW,
     "ranking": {"core", "modeling"} | TENSORFLOW,
     "index": {"core", "faiss"},
+    "candidates": {"core"},
     "pipelines": PROJECT | TENSORFLOW | {"faiss"},
 }
 
