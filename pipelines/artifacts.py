@@ -6,6 +6,7 @@
     retrieval/    towers/ (SavedModel: query + embed_videos signatures),
                   video_embeddings.npy [n, d] float32, video_ids.npy [n] int64
     ranking/      ranker/ (SavedModel: score signature)
+    candidates/   item-to-item sources (`candidates.CandidateSources.save`)
     index/        videos.faiss, index_ids.npy, index_report.json, index_meta.json
                   (`index.VideoIndex.save`; written by `pipelines.jobs.build_index`)
     reports/      training reports (JSON) and curves (PNG), index_build.json
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from candidates import SERVING_ORDERS, CandidateSources
+from candidates.sources import TWO_STAGE
 from core.bundle import Manifest, verify_bundle
 from core.config import VidrecConfig, config_from_dict, config_to_dict
 from core.errors import BundleError
@@ -42,6 +45,7 @@ from retrieval.train import TrainedRetrieval
 logger = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
+CANDIDATES_DIR = "candidates"
 
 
 def write_config(bundle_dir: Path, config: VidrecConfig) -> None:
@@ -96,6 +100,48 @@ def write_ranking(bundle_dir: Path, trained: TrainedRanker) -> None:
     """Writes the ranker and its training report."""
     trained.scorer().save(bundle_dir / "ranking")
     _write_training_report(bundle_dir, "ranking", "multi-head-attention ranker", trained.history)
+
+
+def write_candidates(bundle_dir: Path, sources: CandidateSources) -> None:
+    """Writes the item-to-item candidate sources under ``candidates/``."""
+    sources.save(bundle_dir / CANDIDATES_DIR)
+
+
+def load_candidates(bundle_dir: Path, config: VidrecConfig, num_rows: int) -> CandidateSources:
+    """Reads ``candidates/``.
+
+    Raises:
+        BundleError: Missing (a bundle from before the sources), unreadable, or counted over
+            more videos than the vocabulary has.
+    """
+    directory = Path(bundle_dir) / CANDIDATES_DIR
+    if not directory.is_dir():
+        raise BundleError(
+            f"bundle {Path(bundle_dir).name} has no {CANDIDATES_DIR}/ (it predates the "
+            "item-to-item candidate sources); train a new bundle with `vidrec train`"
+        )
+    sources = CandidateSources.load(directory, config.candidates)
+    if sources.num_rows > num_rows:
+        raise BundleError(
+            f"bundle {Path(bundle_dir).name}: candidate sources cover {sources.num_rows} video "
+            f"rows, the vocabulary only {num_rows}"
+        )
+    return sources
+
+
+def serving_order(manifest: Manifest) -> str:
+    """The order the stage gate chose for the bundle (`candidates.SERVING_ORDERS`).
+
+    Raises:
+        BundleError: The manifest names an order this version does not know.
+    """
+    order = manifest.metrics.get("stage_gate", {}).get("order", TWO_STAGE)
+    if order not in SERVING_ORDERS:
+        raise BundleError(
+            f"bundle {manifest.bundle_id} serves order {order!r}, unknown to this version "
+            f"(known: {', '.join(SERVING_ORDERS)})"
+        )
+    return order
 
 
 def _write_training_report(
@@ -215,6 +261,8 @@ class LoadedBundle:
         retrieval: Feature space, towers, catalogue embeddings and ids.
         ranker: The ranker, or None when loaded with ``ranker=False``.
         index: The candidate index over exactly the catalogue's videos.
+        sources: The item-to-item candidate sources.
+        order: The order the bundle serves its candidates in (`serving_order`).
     """
 
     path: Path
@@ -223,6 +271,8 @@ class LoadedBundle:
     retrieval: RetrievalBundle
     ranker: RankerScorer | None
     index: VideoIndex
+    sources: CandidateSources
+    order: str
 
     @property
     def bundle_id(self) -> str:
@@ -262,6 +312,8 @@ def load_bundle(bundle_dir: str | os.PathLike[str], *, ranker: bool = True) -> L
     except BundleError as error:
         raise BundleError(f"bundle {manifest.bundle_id}: {error}") from error
     check_index_matches(manifest.bundle_id, index, retrieval)
+    sources = load_candidates(bundle_dir, config, retrieval.features.video_vocab.num_rows)
+    order = serving_order(manifest)
     scorer = _load_ranker(bundle_dir, retrieval, config) if ranker else None
     logger.info(
         "loaded bundle %s: %d videos, %s index, d=%d%s",
@@ -271,7 +323,7 @@ def load_bundle(bundle_dir: str | os.PathLike[str], *, ranker: bool = True) -> L
         index.dim,
         ", ranker" if scorer is not None else "",
     )
-    return LoadedBundle(bundle_dir, manifest, config, retrieval, scorer, index)
+    return LoadedBundle(bundle_dir, manifest, config, retrieval, scorer, index, sources, order)
 
 
 def check_index_matches(bundle_id: str, index: VideoIndex, retrieval: RetrievalBundle) -> None:

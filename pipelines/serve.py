@@ -1,12 +1,14 @@
-"""The online recommender: user tower -> Faiss -> ranker -> blend -> diversity (docs/design.md
-§3).
+"""The online recommender: user tower -> Faiss + item-to-item sources -> ranker -> blend ->
+diversity (docs/design.md §3).
 
 `Recommender` answers one request in-process in a few milliseconds: it reads the user's recent
 watches (the bundle's history plus live events from the event store), embeds them with the user
 tower at one request's fixed shapes (`retrieval.request`, LiteRT by default), fetches N
-candidates from the index with watched, taken down and excluded videos removed, scores them with
-the ranker (one call for all N), blends the watch and engagement heads, re-ranks for diversity
-and names the watched videos each result comes from (the ranker's attention).
+candidates from the index with watched, taken down and excluded videos removed, merges them with
+what the item-to-item sources propose from the latest watches (`candidates`), scores them with
+the ranker (one call for all N, each candidate with its evidence), blends the watch and
+engagement heads, re-ranks for diversity and names, for each result, the list it came from and
+the watched video that brought it.
 `RecommenderService` owns the serving `Recommender` and swaps in a newly published bundle
 without dropping a request.
 """
@@ -26,6 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from candidates import (
+    EVIDENCE_FEATURES,
+    ORIGINS,
+    MergedCandidates,
+    merge_candidates,
+    order_scores,
+)
+from candidates.sources import TWO_STAGE
 from core.bundle import BundleStore
 from core.config import ServingConfig
 from core.errors import BundleError, DataError, StoreError
@@ -59,7 +69,10 @@ class Recommendation:
     """The answer to one request.
 
     Attributes:
-        items: ``{"video_id", "score", "because"}`` per recommended video, best first.
+        items: ``{"video_id", "score", "because", "source", "sources"}`` per recommended
+            video, best first: ``because`` the watched videos it comes from (the first is the
+            one its evidence points at), ``source`` the list that brought it (``retrieval`` or
+            an item-to-item source, `candidates.ORIGINS`), ``sources`` every list it was in.
         bundle_id: Bundle that produced it.
         source: ``"personalized"`` or ``"popular"`` (cold start).
         ignored_history: Ids in a request's history that the catalogue does not know.
@@ -127,6 +140,8 @@ class Recommender:
             retrieval.features, retrieval.catalogue_rows(), state.durations
         )
         self.index = bundle.index
+        self.sources = bundle.sources
+        self.order = bundle.order
         self.ranker = bundle.ranker
         self.engagement_weight = bundle.config.ranking.engagement_weight
         self.history_length = self.features.config.history_length
@@ -154,6 +169,7 @@ class Recommender:
                 self.ranker.catalogue_embeddings.shape[1],
                 self.features.config.max_categories,
                 len(self.features.user_attributes),
+                self.ranker.evidence_width,
                 config.request_runtime,
                 self.ranker.keepalive,
                 self.ranker.saved_model_dir,
@@ -446,47 +462,71 @@ class Recommender:
             embeddings[padded], user_row, self.features.user_attribute_matrix(user_row)
         )
         timer.mark("user_tower")
-        scores, ids = self.index.search(query, config.candidates, exclude=[excluded])
-        found = ids[0] >= 0
-        candidate_ids, retrieval_scores = ids[0][found], scores[0][found]
+        _, ids = self.index.search(query, config.candidates, exclude=[excluded])
+        index_rows = self.catalogue.rows(ids[0][ids[0] >= 0])
         timer.mark("index")
-        if len(candidate_ids) == 0:
+        # The catalogue is read again: an upload applied since the tower's read may be a
+        # candidate now, with a row past the earlier views.
+        embeddings = self.catalogue.embeddings
+        merged, evidence = self._merge_sources(query, rows, index_rows, excluded, now, embeddings)
+        candidate_rows = merged.rows[0][merged.valid[0]]
+        timer.mark("sources")
+        if len(candidate_rows) == 0:
             items = self._popular(k, excluded, category)
             return Recommendation(
                 items, self.bundle_id, "popular", ignored, timer.marks, history_source=source
             )
 
-        # The ranker pads both lists to its compiled shape itself (ranking.request). The
-        # catalogue is read again: an upload applied since the tower's read may be a candidate
-        # now, with a row past the earlier views.
-        candidate_rows = self.catalogue.rows(candidate_ids)
-        out = self._score(
-            rows,
-            engagement,
-            ages,
-            candidate_rows,
-            retrieval_scores,
-            self.features.user_attribute_matrix(user_row),
-            self.catalogue.videos,
-            self.catalogue.embeddings,
+        attention, history_rows = None, rows
+        if self.order == TWO_STAGE:
+            # The ranker pads both lists to its compiled shape itself (ranking.request).
+            out = self._score(
+                rows,
+                engagement,
+                ages,
+                candidate_rows,
+                evidence,
+                self.features.user_attribute_matrix(user_row),
+                self.catalogue.videos,
+                embeddings,
+            )
+            attention, history_rows = out["attention"], out["history_rows"]
+            timer.mark("ranker")
+            ordered = blend_scores(out["watch_logits"], out["engagement"], self.engagement_weight)
+        else:
+            # The stage gate found one signal alone orders better than the ranker.
+            ordered = order_scores(evidence, self.order)
+        order = self._diversify(ordered, candidate_rows, k)
+        origins = merged.origins[0][merged.valid[0]][order]
+        because = self._because(
+            candidate_rows[order],
+            evidence[order],
+            origins,
+            None if attention is None else attention[order],
+            history_rows,
+            embeddings,
         )
-        history_rows = out["history_rows"]
-        timer.mark("ranker")
-        blended = blend_scores(out["watch_logits"], out["engagement"], self.engagement_weight)
-        order = self._diversify(blended, candidate_rows, k)
-        attention = out["attention"]
-        because = self._because(attention[order], history_rows)
+        main = np.argmax(_main_sources(evidence[order], origins), axis=0)
         items = [
             {
-                "video_id": int(candidate_ids[position]),
-                "score": float(blended[position]),
+                "video_id": int(video_id),
+                "score": float(ordered[position]),
                 "because": named,
+                "source": ORIGINS[source],
+                "sources": [origin for origin, on in zip(ORIGINS, flags, strict=True) if on],
             }
-            for position, named in zip(order, because, strict=True)
+            for position, video_id, named, source, flags in zip(
+                order,
+                self.catalogue.ids(candidate_rows[order]),
+                because,
+                main,
+                origins,
+                strict=True,
+            )
         ]
         timer.mark("rerank")
         explained = None
-        if explain:
+        if explain and attention is not None:
             shown = history_rows >= FIRST_ID_ROW
             explained = {
                 "history": self.catalogue.ids(history_rows[shown]).tolist(),
@@ -502,17 +542,112 @@ class Recommender:
             attention=explained,
         )
 
-    def _because(self, attention: np.ndarray, history_rows: np.ndarray) -> list[list[int]]:
-        """Per item, the watched ids it attends to most (``attention [items, H]``)."""
+    def _merge_sources(
+        self,
+        query: np.ndarray,
+        history_rows: np.ndarray,
+        index_rows: np.ndarray,
+        excluded: np.ndarray,
+        now: float,
+        embeddings: np.ndarray,
+    ) -> tuple[MergedCandidates, np.ndarray]:
+        """The index's candidates merged with the item-to-item sources', and their evidence.
+
+        Args:
+            query: ``[1, d] float32`` the user's query.
+            history_rows: ``[h] int64`` the recent known watches, oldest first.
+            index_rows: ``[n] int64`` the index's candidates, best first.
+            excluded: ``[x] int64`` ids never to return (watched and excluded).
+            now: The request time in seconds.
+            embeddings: ``[rows, d] float32`` the live catalogue's embeddings.
+
+        Returns:
+            ``(merged lists of one, evidence [k, E] of its valid slots)``.
+        """
+        recent = self.sources.recent(history_rows[None])
+        excluded_rows = self.catalogue.rows(excluded)
+        proposals = self.sources.propose(recent, excluded_rows[None])
+        if self._taken_down:
+            blocked = np.fromiter(self._taken_down, dtype=np.int64, count=len(self._taken_down))
+            for rows, _ in proposals.values():
+                rows[np.isin(self.catalogue.ids(rows), blocked) & (rows >= FIRST_ID_ROW)] = 0
+        merged = merge_candidates(
+            index_rows[None],
+            proposals,
+            self.config.candidates,
+            self.sources.config.source_slots(self.config.candidates),
+        )
+        valid = merged.valid[0]
+        rows = merged.rows[0][valid]
+        evidence = self.sources.evidence(
+            recent,
+            rows[None],
+            (embeddings[rows] @ query[0])[None],
+            merged.retrieval_rank[0][valid][None],
+            merged.origins[0][valid][None],
+            np.array([now]),
+        )[0]
+        return merged, evidence
+
+    def _because(
+        self,
+        rows: np.ndarray,
+        evidence: np.ndarray,
+        origins: np.ndarray,
+        attention: np.ndarray | None,
+        history_rows: np.ndarray,
+        embeddings: np.ndarray,
+    ) -> list[list[int]]:
+        """Per returned item, the watched ids it comes from, the strongest evidence first.
+
+        An item an item-to-item source proposed names the watch it follows in that source
+        (the transition, co-visit or creator edge it came through); any other names the watch
+        with the largest attention weight times similarity (similarity alone without the
+        ranker), so each item names its own reason instead of everyone's most recent watch.
+
+        Args:
+            rows: ``[k] int64`` the returned items' rows.
+            evidence: ``[k, E]`` their evidence.
+            origins: ``[k, len(ORIGINS)] bool`` the lists they were in.
+            attention: ``[k, H]`` the ranker's attention over ``history_rows``, or None.
+            history_rows: ``[H] int64`` the watches, oldest first (0 on padding).
+            embeddings: ``[rows, d]`` the live catalogue's embeddings.
+        """
         count = self.config.because
-        if count == 0:
-            return [[] for _ in range(len(attention))]
-        history_ids = self.catalogue.ids(history_rows)
-        top = np.argsort(-attention, axis=1, kind="stable")[:, :count]
-        named = np.where(
-            np.take_along_axis(attention, top, axis=1) > 0, history_ids[top], -1
-        ).tolist()
-        return [[video_id for video_id in row if video_id >= 0] for row in named]
+        if count == 0 or len(rows) == 0:
+            return [[] for _ in range(len(rows))]
+        # The watch each item follows in the source that brought it (the strongest
+        # conditional probability, not the most recent watch): -1 for retrieval's items.
+        recent = self.sources.recent(history_rows[None])[0]  # newest first
+        followed = np.full(len(rows), -1, dtype=np.int64)
+        for name, source in zip(ORIGINS[1:], _main_sources(evidence, origins)[1:], strict=True):
+            graph = self.sources.graphs.get(name)
+            if graph is None or not source.any():
+                continue
+            pull = graph.counts_between(recent[None], rows[source][None])[0]
+            pull /= np.maximum(graph.row_totals(recent), 1.0)[:, None]
+            strongest = np.argmax(pull, axis=0)
+            followed[source] = np.where(pull.max(axis=0) > 0, recent[strongest], -1)
+        shown = history_rows >= FIRST_ID_ROW
+        similarity = np.maximum(embeddings[rows] @ embeddings[history_rows].T, 0.0)
+        strength = similarity if attention is None else attention * similarity
+        strength = np.where(shown[None, :], strength, -1.0)
+        ranked = np.argsort(-strength, axis=1, kind="stable")[:, : count + 1]
+        named = []
+        for i in range(len(rows)):
+            picks = [int(followed[i])] if followed[i] >= FIRST_ID_ROW else []
+            picks += [
+                int(history_rows[j])
+                for j in ranked[i]
+                if strength[i, j] >= 0 and int(history_rows[j]) not in picks
+            ]
+            named.append(picks[:count])
+        ids = self.catalogue.ids(np.asarray([r for row in named for r in row], dtype=np.int64))
+        out, start = [], 0
+        for picks in named:
+            out.append(ids[start : start + len(picks)].tolist())
+            start += len(picks)
+        return out
 
     def _diversify(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[int]:
         """Positions of the returned candidates, best first, under the diversity rule."""
@@ -599,6 +734,18 @@ class Recommender:
         for i in range(min(WARMUP_CALLS, len(user_ids))):
             self.recommend(user_id=int(user_ids[i]), now=self.state.data_until)
         self.recommend(user_id=None)
+
+
+_SOURCE_SCORES = [EVIDENCE_FEATURES.index(f"{name}_score") for name in ORIGINS[1:]]
+
+
+def _main_sources(evidence: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """The list that brought each candidate, one-hot ``[len(ORIGINS), k] bool``: the
+    item-to-item source with the strongest evidence among those that proposed it, else
+    retrieval (``evidence [k, E]``, ``origins [k, len(ORIGINS)] bool``)."""
+    strength = np.where(origins[:, 1:], evidence[:, _SOURCE_SCORES], 0.0)
+    best = np.where(strength.max(axis=1, initial=0.0) > 0, 1 + np.argmax(strength, axis=1), 0)
+    return best[None, :] == np.arange(len(ORIGINS))[:, None]
 
 
 def _ignore_fallback(what: str) -> None:

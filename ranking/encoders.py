@@ -26,9 +26,10 @@ SAVED_MODEL_DIR = "ranker"
 
 
 def input_signature(
-    history_length: int, dim: int, max_categories: int, num_attributes: int
+    history_length: int, dim: int, max_categories: int, num_attributes: int, evidence_width: int
 ) -> dict[str, tf.TensorSpec]:
-    """The ranker's inputs: ``b`` lists of ``k`` candidates with ``L``-long histories."""
+    """The ranker's inputs: ``b`` lists of ``k`` candidates with ``L``-long histories and ``E``
+    evidence columns per candidate."""
     numeric = len(NUMERIC_FEATURES)
     spec: dict[str, tf.TensorSpec] = {}
     for side, shape in (("history", [None, history_length]), ("candidate", [None, None])):
@@ -39,7 +40,7 @@ def input_signature(
         spec[f"{side}_numeric"] = tf.TensorSpec([*shape, numeric], tf.float32)
     spec["history_engagement"] = tf.TensorSpec([None, history_length], tf.float32)
     spec["history_age_hours"] = tf.TensorSpec([None, history_length], tf.float32)
-    spec["retrieval_scores"] = tf.TensorSpec([None, None], tf.float32)
+    spec["candidate_evidence"] = tf.TensorSpec([None, None, evidence_width], tf.float32)
     spec["user_attributes"] = tf.TensorSpec([None, num_attributes], tf.int64)
     return spec
 
@@ -68,7 +69,7 @@ class RankerModule(tf.Module):
             inputs["history_engagement"],
             inputs["history_age_hours"],
             _side(inputs, "candidate"),
-            inputs["retrieval_scores"],
+            inputs["candidate_evidence"],
             inputs["user_attributes"],
             training=False,
         )
@@ -82,6 +83,7 @@ class RankerScorer:
         features: Feature space (catalogue features by row; grows with uploads).
         catalogue_embeddings: ``[num_rows, d] float32`` retrieval embeddings by video row.
         config: The ranking configuration it was trained with.
+        evidence_width: ``E``, the evidence columns per candidate.
         module: The `RankerModule` (kept for saving; None when loaded).
         keepalive: The loaded SavedModel object, when loaded from disk (the module otherwise).
     """
@@ -92,10 +94,12 @@ class RankerScorer:
         features: FeatureSpace,
         catalogue_embeddings: np.ndarray,
         config: RankingConfig,
+        evidence_width: int,
         module: RankerModule | None = None,
         keepalive: object = None,
     ) -> None:
         self.score_fn = score_fn
+        self.evidence_width = evidence_width
         self.features = features
         self.catalogue_embeddings = catalogue_embeddings
         self.config = config
@@ -111,6 +115,7 @@ class RankerScorer:
         features: FeatureSpace,
         catalogue_embeddings: np.ndarray,
         config: RankingConfig,
+        evidence_width: int,
     ) -> RankerScorer:
         """Scorer over an in-memory `RankerModel` (shares its variables)."""
         signature = input_signature(
@@ -118,9 +123,10 @@ class RankerScorer:
             catalogue_embeddings.shape[1],
             features.config.max_categories,
             len(features.user_attributes),
+            evidence_width,
         )
         module = RankerModule(model, signature)
-        return cls(module.score, features, catalogue_embeddings, config, module)
+        return cls(module.score, features, catalogue_embeddings, config, evidence_width, module)
 
     def inputs(
         self,
@@ -128,7 +134,7 @@ class RankerScorer:
         history_engagement: np.ndarray,
         history_age_hours: np.ndarray,
         candidate_rows: np.ndarray,
-        retrieval_scores: np.ndarray,
+        evidence: np.ndarray,
         user_attributes: np.ndarray,
         videos: VideoFeatureArrays | None = None,
         embeddings: np.ndarray | None = None,
@@ -140,7 +146,7 @@ class RankerScorer:
             history_engagement: ``[b, L] float32``.
             history_age_hours: ``[b, L] float32``.
             candidate_rows: ``[b, k] int64``.
-            retrieval_scores: ``[b, k] float32``.
+            evidence: ``[b, k, E] float32``.
             user_attributes: ``[b, A] int64``.
             videos: Features by video row; defaults to the feature space's catalogue (a live
                 catalogue passes its grown arrays).
@@ -155,7 +161,7 @@ class RankerScorer:
                 out[f"{side}_{name}"] = value
         out["history_engagement"] = history_engagement.astype(np.float32)
         out["history_age_hours"] = history_age_hours.astype(np.float32)
-        out["retrieval_scores"] = retrieval_scores.astype(np.float32)
+        out["candidate_evidence"] = evidence.astype(np.float32)
         out["user_attributes"] = user_attributes.astype(np.int64)
         return out
 
@@ -175,7 +181,7 @@ class RankerScorer:
                         part.history_engagement,
                         part.history_age_hours,
                         part.candidate_rows,
-                        part.retrieval_scores,
+                        part.evidence,
                         part.user_attributes,
                     )
                 )
@@ -208,6 +214,15 @@ class RankerScorer:
             loaded = tf.saved_model.load(str(target))
         except (OSError, ValueError, tf.errors.OpError) as error:
             raise BundleError(f"cannot load the ranker from {target}: {error}") from error
-        scorer = cls(loaded.score, features, catalogue_embeddings, config, keepalive=loaded)
+        try:
+            spec = loaded.score.input_signature[0]["candidate_evidence"]
+        except (AttributeError, IndexError, KeyError, TypeError) as error:
+            raise BundleError(
+                f"the ranker in {target} predates candidate evidence; train a new bundle"
+            ) from error
+        evidence_width = int(spec.shape[-1])
+        scorer = cls(
+            loaded.score, features, catalogue_embeddings, config, evidence_width, keepalive=loaded
+        )
         scorer.saved_model_dir = target
         return scorer

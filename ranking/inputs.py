@@ -52,7 +52,9 @@ class CandidateLists:
         history_age_hours: ``[n, L] float32`` hours between each watch and the ranking moment.
         candidate_rows: ``[n, k] int64`` video rows to rank.
         candidate_valid: ``[n, k] bool``; False for padding and duplicates.
-        retrieval_scores: ``[n, k] float32`` retrieval inner products.
+        evidence: ``[n, k, E] float32`` what is known about each candidate's origin (the
+            retrieval score and rank, item-to-item source scores, ...; the caller defines the
+            ``E`` columns and must give the same ones when scoring).
         user_attributes: ``[n, A] int64`` user attribute rows.
         target: ``[n] int64`` column of the watched video in ``candidate_rows`` (-1 when
             retrieval missed it); training lists always have it in column 0.
@@ -64,7 +66,7 @@ class CandidateLists:
     history_age_hours: np.ndarray
     candidate_rows: np.ndarray
     candidate_valid: np.ndarray
-    retrieval_scores: np.ndarray
+    evidence: np.ndarray
     user_attributes: np.ndarray
     target: np.ndarray
     engagement: np.ndarray

@@ -5,8 +5,13 @@ and the retrieval embedding (which carries the content of videos the ranker neve
 tokens add their recency position, how much the user engaged with them and how long ago they
 were watched, then pass through self-attention. Each candidate queries the history with
 multi-head target attention; the attended summary, the candidate itself, their interactions and
-the retrieval score feed an MLP with two heads: the logit of being watched next (trained
-listwise against retrieval's own hard negatives) and the expected engagement.
+the candidate's evidence (why it is a candidate: retrieval score and rank, how strongly it
+follows the latest watches in each item-to-item source, which lists proposed it, popularity,
+age; `candidates.sources.EVIDENCE_FEATURES`) feed an MLP with two heads: the logit of being
+watched next (trained listwise against the served candidate lists' own hard negatives) and the
+expected engagement. The evidence also reaches the watch logit through a linear term, so a
+strong signal such as "this is what people watch right after your last video" is learned in a
+few steps and the MLP learns when to trust it less.
 """
 
 from __future__ import annotations
@@ -119,6 +124,7 @@ class RankerModel(tfrs.Model):
         ]
         self.hidden_dropout = tf.keras.layers.Dropout(config.dropout)
         self.watch_head = tf.keras.layers.Dense(1, name="watch")
+        self.evidence_wide = tf.keras.layers.Dense(1, use_bias=False, name="evidence_wide")
         self.engagement_head = tf.keras.layers.Dense(1, activation="sigmoid", name="engagement")
         tables = features.catalogue
         self.catalogue = {
@@ -162,7 +168,7 @@ class RankerModel(tfrs.Model):
         history_engagement: tf.Tensor,
         history_age_hours: tf.Tensor,
         candidates: dict[str, tf.Tensor],
-        retrieval_scores: tf.Tensor,
+        evidence: tf.Tensor,
         user_attributes: tf.Tensor,
         training: bool = False,
     ) -> dict[str, tf.Tensor]:
@@ -174,7 +180,7 @@ class RankerModel(tfrs.Model):
             history_engagement: ``[b, L] float32`` engagement of each watch in ``[0, 1]``.
             history_age_hours: ``[b, L] float32`` hours from each watch to the ranking moment.
             candidates: Video fields of the candidates, ``[b, K, ...]``.
-            retrieval_scores: ``[b, K] float32`` retrieval inner products.
+            evidence: ``[b, K, E] float32`` what is known about each candidate's origin.
             user_attributes: ``[b, A] int64`` attribute rows.
             training: Enables dropout.
 
@@ -188,7 +194,7 @@ class RankerModel(tfrs.Model):
             history_engagement,
             history_age_hours,
             self.video_encoder(candidates),
-            retrieval_scores,
+            evidence,
             user_attributes,
             training,
         )
@@ -200,7 +206,7 @@ class RankerModel(tfrs.Model):
         history_engagement: tf.Tensor,
         history_age_hours: tf.Tensor,
         candidate: tf.Tensor,
-        retrieval_scores: tf.Tensor,
+        evidence: tf.Tensor,
         user_attributes: tf.Tensor,
         training: bool,
     ) -> dict[str, tf.Tensor]:
@@ -238,7 +244,7 @@ class RankerModel(tfrs.Model):
             attended,
             candidate * attended,
             candidate * last,
-            retrieval_scores[..., None],
+            evidence,
         ]
         if self.user_embeddings:
             user = tf.add_n(
@@ -252,7 +258,7 @@ class RankerModel(tfrs.Model):
         for layer in self.hidden:
             hidden = self.hidden_dropout(layer(hidden), training=training)
         return {
-            "watch_logits": tf.squeeze(self.watch_head(hidden), -1),
+            "watch_logits": tf.squeeze(self.watch_head(hidden) + self.evidence_wide(evidence), -1),
             "engagement": tf.squeeze(self.engagement_head(hidden), -1),
             "attention": tf.reduce_mean(weights, axis=1)[:, :, 1:],
         }
@@ -277,7 +283,7 @@ class RankerModel(tfrs.Model):
             batch["history_engagement"],
             batch["history_age_hours"],
             candidate,
-            batch["retrieval_scores"],
+            batch["evidence"],
             batch["user_attributes"],
             training,
         )
@@ -287,7 +293,7 @@ class RankerModel(tfrs.Model):
 
         ``batch`` holds ``history_rows [b, L]``, ``history_engagement [b, L]``,
         ``history_age_hours [b, L]``, ``candidate_rows [b, K]`` (column 0 is the watched
-        video), ``candidate_valid [b, K] bool``, ``retrieval_scores [b, K]``,
+        video), ``candidate_valid [b, K] bool``, ``evidence [b, K, E]``,
         ``user_attributes [b, A]``, ``engagement [b]`` (of the watched video; NaN unknown).
         """
         out = self.score_batch(batch, training=training)

@@ -3,7 +3,7 @@
 A request ranks at most ``N`` candidates against the user's last ``H`` watches, and the
 compiled function (`modeling.request_runtime`) has one shape, so `RequestScorer` pads both as
 the training lists do: the history on the left (row 0, engagement `UNKNOWN_ENGAGEMENT`, age 0),
-the candidates on the right (row 0, retrieval score 0). Padded history slots get no attention
+the candidates on the right (row 0, evidence 0). Padded history slots get no attention
 (the model masks row 0) and the scores of padded candidate slots are dropped.
 
 The ranker's fourteen inputs (`ranking.encoders.input_signature`) cross into the function as
@@ -13,7 +13,7 @@ five packed tensors, since a TensorFlow call costs about 15 us of Python per inp
   its creator row and its ``C`` category rows;
 - ``video_floats [1, H + N, d + F] float32``: its retrieval embedding and ``F`` numbers;
 - ``history_context [1, H, 2] float32``: engagement and age in hours of each watch;
-- ``retrieval_scores [1, N] float32`` and ``user_attributes [1, A] int64``.
+- ``candidate_evidence [1, N, E] float32`` and ``user_attributes [1, A] int64``.
 
 `RequestScorer` packs them in numpy and `packed_score_function` unpacks them in the graph.
 """
@@ -39,6 +39,7 @@ def packed_score_function(
     dim: int,
     max_categories: int,
     num_attributes: int,
+    evidence_width: int,
 ) -> tuple[Callable[..., dict[str, tf.Tensor]], Signature]:
     """The ranker over the five packed tensors, unpacked in the graph (a request-runtime
     builder)."""
@@ -49,7 +50,7 @@ def packed_score_function(
         video_ints: tf.Tensor,
         video_floats: tf.Tensor,
         history_context: tf.Tensor,
-        retrieval_scores: tf.Tensor,
+        candidate_evidence: tf.Tensor,
         user_attributes: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
         inputs: dict[str, tf.Tensor] = {}
@@ -64,7 +65,7 @@ def packed_score_function(
             inputs[f"{side}_numeric"] = video_floats[:, part, dim:]
         inputs["history_engagement"] = history_context[..., 0]
         inputs["history_age_hours"] = history_context[..., 1]
-        inputs["retrieval_scores"] = retrieval_scores
+        inputs["candidate_evidence"] = candidate_evidence
         inputs["user_attributes"] = user_attributes
         return score_fn(inputs)
 
@@ -72,7 +73,7 @@ def packed_score_function(
         tf.TensorSpec([1, slots, 2 + max_categories], tf.int64, name="video_ints"),
         tf.TensorSpec([1, slots, dim + numeric], tf.float32, name="video_floats"),
         tf.TensorSpec([1, history_length, 2], tf.float32, name="history_context"),
-        tf.TensorSpec([1, num_candidates], tf.float32, name="retrieval_scores"),
+        tf.TensorSpec([1, num_candidates, evidence_width], tf.float32, name="candidate_evidence"),
         tf.TensorSpec([1, num_attributes], tf.int64, name="user_attributes"),
     ]
     return packed, signature
@@ -89,6 +90,7 @@ class RequestScorer:
         dim: Retrieval embedding width.
         max_categories: Category slots per video.
         num_attributes: User attribute columns.
+        evidence_width: Evidence columns per candidate.
         runtime: One of `core.config.REQUEST_RUNTIMES`.
         keepalive: The object owning the function's variables (see
             `retrieval.request.RequestQuery`).
@@ -104,6 +106,7 @@ class RequestScorer:
         dim: int,
         max_categories: int,
         num_attributes: int,
+        evidence_width: int,
         runtime: str,
         keepalive: object = None,
         saved_model_dir: Path | None = None,
@@ -111,12 +114,13 @@ class RequestScorer:
     ) -> None:
         self.history_length = history_length
         self.num_candidates = num_candidates
+        self.evidence_width = evidence_width
         self._execute = request_runner(
             "ranker",
             packed_score_function,
             score_fn,
             "score",
-            (history_length, num_candidates, dim, max_categories, num_attributes),
+            (history_length, num_candidates, dim, max_categories, num_attributes, evidence_width),
             runtime,
             keepalive,
             saved_model_dir,
@@ -129,7 +133,7 @@ class RequestScorer:
         history_engagement: np.ndarray,
         history_age_hours: np.ndarray,
         candidate_rows: np.ndarray,
-        retrieval_scores: np.ndarray,
+        evidence: np.ndarray,
         user_attributes: np.ndarray,
         videos: VideoFeatureArrays,
         embeddings: np.ndarray,
@@ -142,7 +146,7 @@ class RequestScorer:
             history_engagement: ``[n] float32`` engagement of each watch (NaN when unknown).
             history_age_hours: ``[n] float32`` hours from each watch to the request.
             candidate_rows: ``[k] int64`` rows of the candidates, ``k <= N``.
-            retrieval_scores: ``[k] float32`` their retrieval inner products.
+            evidence: ``[k, E] float32`` what is known about each candidate's origin.
             user_attributes: ``[1, A] int64``.
             videos: Features by video row (the live catalogue's arrays).
             embeddings: ``[rows, dim] float32`` retrieval embeddings by row.
@@ -164,8 +168,8 @@ class RequestScorer:
             history_engagement[first:], nan=UNKNOWN_ENGAGEMENT
         )
         context[0, h - recent :, 1] = history_age_hours[first:]
-        scores = np.zeros((1, self.num_candidates), dtype=np.float32)
-        scores[0, :found] = retrieval_scores
+        padded_evidence = np.zeros((1, self.num_candidates, self.evidence_width), np.float32)
+        padded_evidence[0, :found] = evidence
         # Padding slots read row 0's features, as the batch scorer's do.
         fields = video_fields(rows, videos, embeddings)
         video_ints = np.concatenate(
@@ -180,7 +184,7 @@ class RequestScorer:
             video_ints[None],
             video_floats[None],
             context,
-            scores,
+            padded_evidence,
             np.asarray(user_attributes, dtype=np.int64),
         )
         scored = {name: value[0, :found] for name, value in out.items()}

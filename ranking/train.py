@@ -27,7 +27,7 @@ TRAINING_FIELDS: tuple[str, ...] = (
     "history_age_hours",
     "candidate_rows",
     "candidate_valid",
-    "retrieval_scores",
+    "evidence",
     "user_attributes",
     "engagement",
 )
@@ -43,6 +43,7 @@ class TrainedRanker:
         catalogue_embeddings: ``[num_rows, d] float32`` retrieval embeddings by video row.
         config: Hyper-parameters.
         history: Training curve.
+        evidence_width: ``E``, the evidence columns per candidate it reads.
     """
 
     model: RankerModel
@@ -50,13 +51,18 @@ class TrainedRanker:
     catalogue_embeddings: np.ndarray
     config: RankingConfig
     history: TrainingHistory
+    evidence_width: int
     _scorer: RankerScorer | None = dataclasses.field(default=None, repr=False)
 
     def scorer(self) -> RankerScorer:
         """Fixed-signature scoring function over this model (what serving and export use)."""
         if self._scorer is None:
             self._scorer = RankerScorer.from_model(
-                self.model, self.features, self.catalogue_embeddings, self.config
+                self.model,
+                self.features,
+                self.catalogue_embeddings,
+                self.config,
+                self.evidence_width,
             )
         return self._scorer
 
@@ -136,7 +142,14 @@ def train_ranker(
         consensus,
         make_optimizer,
     )
-    trained = TrainedRanker(loop.model, features, catalogue_embeddings, config, loop.history)
+    trained = TrainedRanker(
+        loop.model,
+        features,
+        catalogue_embeddings,
+        config,
+        loop.history,
+        evidence_width=train_lists.evidence.shape[2],
+    )
     logger.info(
         "ranking: %d lists of %d candidates", len(train_lists), train_lists.candidate_rows.shape[1]
     )

@@ -1,5 +1,9 @@
 """Offline evaluation: a bundle's model next to the baselines, one split, one table.
 
+Rows: ``two_tower`` (retrieval alone, exact), ``two_stage`` (the merged candidates in the
+ranker's order), ``served (...)`` when the train job's stage gate chose another order, and
+``source/<name>`` (each item-to-item source's own list: its Recall@N is what it brings).
+
 Leave-one-out per user (docs/design.md §8): the full catalogue is ranked, videos already
 watched are filtered, HR@K / NDCG@K / MRR of the final list and Recall@N of the candidate list
 are averaged over users, with catalogue coverage and category diversity of the top-K lists.
@@ -8,6 +12,7 @@ are averaged over users, with catalogue coverage and category diversity of the t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from candidates.sources import TWO_STAGE
 from core.bundle import data_fingerprint
 from core.config import EvaluationConfig
 from core.errors import BundleError
@@ -25,9 +31,16 @@ from core.metrics import Scorer, evaluate_scorer
 from core.schema import Dataset
 from core.splits import LeaveOneOutSplit, leave_one_out
 from core.vocab import IdVocabulary
-from pipelines.artifacts import RetrievalBundle, load_ranker, load_retrieval, read_config
+from pipelines.artifacts import (
+    RetrievalBundle,
+    load_candidates,
+    load_ranker,
+    load_retrieval,
+    read_config,
+    serving_order,
+)
 from pipelines.jobs.baselines import fit_baselines
-from pipelines.jobs.ranking_data import TwoStageScorer
+from pipelines.jobs.ranking_data import SourceScorer, TwoStageScorer
 from pipelines.jobs.train import SPLIT_LEAVE_ONE_OUT
 
 logger = logging.getLogger(__name__)
@@ -157,12 +170,27 @@ def evaluate_dataset(
         scorers["two_tower"] = retrieval_scorer(bundle)
         if (Path(bundle_dir) / "ranking").is_dir():
             ranker = load_ranker(bundle_dir, bundle)
-            scorers["two_stage"] = TwoStageScorer(
+            bundle_config = read_config(Path(bundle_dir))
+            sources = load_candidates(
+                Path(bundle_dir), bundle_config, bundle.features.video_vocab.num_rows
+            )
+            order = serving_order(bundle.manifest)
+            two_stage = functools.partial(
+                TwoStageScorer,
                 bundle.encoders,
                 bundle.catalogue_rows(),
                 ranker,
-                read_config(Path(bundle_dir)).ranking,
+                bundle_config.ranking,
+                sources,
             )
+            scorers["two_stage"] = two_stage(TWO_STAGE)
+            if order != TWO_STAGE:
+                # What the bundle serves, chosen by the train job's stage gate.
+                scorers[f"served ({order})"] = two_stage(order)
+            # Each source alone, its proposals in its own order: their Recall@N beside the
+            # merged candidates' (the two-stage row's).
+            for name in sources.graphs:
+                scorers[f"source/{name}"] = SourceScorer(sources, name, bundle.features)
     else:
         video_vocab = IdVocabulary(dataset.videos["video_id"].to_numpy(np.int64))
     scorers.update(extra_scorers or {})

@@ -1,9 +1,11 @@
-"""Candidate lists for the ranker, made by the retrieval stage itself.
+"""Candidate lists for the ranker, made by the candidate stage itself.
 
 Training: for every (history strictly before t, watch at t) pair, the watched video plus hard
-negatives drawn from retrieval's own top-N for that history (what the ranker will have to
-order at serving) plus a few random videos. Evaluation: retrieval's top-N for each case, with
-watched videos removed, for the ranker to reorder. Both stages meet only here, as numpy.
+negatives drawn from the merged candidates for that history (retrieval's top-N and the
+item-to-item sources', what the ranker will have to order at serving) plus a few random
+videos. Evaluation: the merged candidates of each case, watched videos removed, for the ranker
+to reorder. Every candidate carries its evidence (`candidates.sources.EVIDENCE_FEATURES`),
+computed by the same functions the request path calls. The stages meet only here, as numpy.
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from candidates import (
+    EVIDENCE_FEATURES,
+    EVIDENCE_WIDTH,
+    SERVING_ORDERS,
+    CandidateSources,
+    merge_candidates,
+    order_scores,
+)
+from candidates.sources import TWO_STAGE
 from core.config import RankingConfig
 from core.features import FeatureSpace
 from core.sequences import next_watch_examples
@@ -116,9 +127,11 @@ def training_lists(
     encoders: RetrievalEncoders,
     catalogue: np.ndarray,
     config: RankingConfig,
+    sources: CandidateSources,
     retrieve: Retriever | None = None,
 ) -> CandidateLists:
-    """One list per training event: the watched video, retrieval's hard negatives, randoms.
+    """One list per training event: the watched video, hard negatives from the merged
+    candidates, randoms.
 
     Args:
         interactions: Validated training interactions.
@@ -127,8 +140,9 @@ def training_lists(
         encoders: Trained retrieval towers.
         catalogue: ``[num_rows, d]`` retrieval embeddings by row.
         config: List sizes, sampling and the example budget.
-        retrieve: Where hard negatives come from: the serving index (what the ranker will see)
-            or, by default, exact search over ``catalogue``.
+        sources: The item-to-item sources, counted from these same interactions.
+        retrieve: Where retrieval's candidates come from: the serving index (what the ranker
+            will see) or, by default, exact search over ``catalogue``.
 
     Returns:
         Lists with the watched video in column 0.
@@ -145,47 +159,91 @@ def training_lists(
     user_rows = features.user_rows(
         interactions["user_id"].to_numpy(np.int64)[examples.target_events]
     )
-    logger.info("ranking: retrieving candidates for %d training examples", len(examples))
+    logger.info("ranking: candidates for %d training examples", len(examples))
     queries = query_embeddings(encoders, catalogue, history_rows, user_rows)
     n = len(examples)
     width = 1 + config.hard_negatives + config.random_negatives
     candidates = np.zeros((n, width), dtype=np.int64)
     valid = np.ones((n, width), dtype=bool)
+    evidence = np.zeros((n, width, EVIDENCE_WIDTH), dtype=np.float32)
     candidates[:, 0] = target_rows
     candidates[:, 1 + config.hard_negatives :] = rng.integers(
         FIRST_ID_ROW, features.video_vocab.num_rows, size=(n, config.random_negatives)
     )
+    moments = stamps[examples.target_events].astype(np.float64)
+    slots = sources.config.source_slots(config.candidates)
+    per_source = sources.config.per_source
     for start in range(0, n, QUERY_BATCH):
         stop = min(start + QUERY_BATCH, n)
         targets = target_rows[start:stop, None]
+        history = history_rows[start:stop]
+        index_rows, _ = retrieve(queries[start:stop], config.candidates, history)
+        recent = sources.recent(history)
+        # One more than a request gets: the watched video may be among them (its own pair
+        # was counted), and the source's threshold must be its n-th best other video.
+        extended = sources.propose(recent, history, per_source + 1)
+        proposals = {
+            name: (rows[:, :-1], scores[:, :-1]) for name, (rows, scores) in extended.items()
+        }
+        merged = merge_candidates(index_rows, proposals, config.candidates, slots)
         if config.hard_negatives:
-            pool, _ = retrieve(queries[start:stop], config.candidates, history_rows[start:stop])
+            pool = merged.rows
             keys = rng.random(pool.shape)
             keys[(pool == targets) | (pool < FIRST_ID_ROW)] = np.inf
             pick = np.argpartition(keys, config.hard_negatives - 1, axis=1)
             candidates[start:stop, 1 : 1 + config.hard_negatives] = np.take_along_axis(
                 pool, pick[:, : config.hard_negatives], axis=1
             )
-        negatives = candidates[start:stop, 1:]
-        watched = (negatives[:, :, None] == history_rows[start:stop, None, :]).any(axis=2)
+        chunk = candidates[start:stop]
+        negatives = chunk[:, 1:]
+        watched = (negatives[:, :, None] == history[:, None, :]).any(axis=2)
         valid[start:stop, 1:] = (negatives >= FIRST_ID_ROW) & (negatives != targets) & ~watched
-    retrieval = np.einsum("nd,nkd->nk", queries, catalogue[candidates]).astype(np.float32)
+        origins, retrieval_rank = merged.describe(chunk)
+        scores = np.einsum("nd,nkd->nk", queries[start:stop], catalogue[chunk])
+        part = sources.evidence(
+            recent,
+            chunk,
+            scores.astype(np.float32),
+            retrieval_rank,
+            origins,
+            moments[start:stop],
+            target_follows_recent=True,
+        )
+        _flag_watched_video(part, targets[:, 0], extended, per_source)
+        evidence[start:stop] = part
     # The ranker reads the most recent `config.history_length` of the retrieval history.
-    recent = slice(-config.history_length, None)
-    history_engagement = examples.gather(engagement.astype(np.float32), np.nan)[:, recent]
+    recent_slice = slice(-config.history_length, None)
+    history_engagement = examples.gather(engagement.astype(np.float32), np.nan)[:, recent_slice]
     ages = (stamps[examples.target_events][:, None] - examples.gather(stamps, 0)) / 3600.0
-    ages = np.where(examples.history_events >= 0, ages, 0.0)[:, recent]
+    ages = np.where(examples.history_events >= 0, ages, 0.0)[:, recent_slice]
     return CandidateLists(
-        history_rows=history_rows[:, recent],
+        history_rows=history_rows[:, recent_slice],
         history_engagement=np.nan_to_num(history_engagement, nan=UNKNOWN_ENGAGEMENT),
         history_age_hours=ages.astype(np.float32),
         candidate_rows=candidates,
         candidate_valid=valid,
-        retrieval_scores=retrieval,
+        evidence=evidence,
         user_attributes=features.user_attribute_matrix(user_rows),
         target=np.zeros(n, dtype=np.int64),
         engagement=engagement[examples.target_events].astype(np.float32),
     )
+
+
+def _flag_watched_video(
+    evidence: np.ndarray,
+    targets: np.ndarray,
+    proposals: dict[str, tuple[np.ndarray, np.ndarray]],
+    per_source: int,
+) -> None:
+    """Sets the source flags of each training list's watched video (column 0) as a request
+    would have: proposed when its score without its own pairs reaches the ``per_source``-th
+    best score of the source's other videos (in place on ``evidence [b, k, E]``;
+    ``targets [b]`` the watched rows; ``proposals`` hold ``per_source + 1`` per list)."""
+    for name, (rows, scores) in proposals.items():
+        own = evidence[:, 0, EVIDENCE_FEATURES.index(f"{name}_score")]
+        others = np.where((rows == targets[:, None]) | (rows < FIRST_ID_ROW), -1.0, scores)
+        threshold = np.maximum(np.sort(others, axis=1)[:, ::-1][:, per_source - 1], 0.0)
+        evidence[:, 0, EVIDENCE_FEATURES.index(f"from_{name}")] = (own > 0) & (own >= threshold)
 
 
 def case_lists(
@@ -195,27 +253,38 @@ def case_lists(
     catalogue: np.ndarray,
     num_candidates: int,
     ranker_history: int,
+    sources: CandidateSources,
     with_full: bool = False,
 ) -> tuple[CandidateLists, np.ndarray | None]:
-    """Retrieval's top-N for each case, watched videos removed, ready for the ranker.
+    """The merged candidates for each case, watched videos removed, ready for the ranker.
 
     The ranking moment of a case is its first target's timestamp.
 
     Returns:
         ``(lists, full retrieval scores [u, num_videos] with -inf at watched videos, or None
         unless ``with_full``)``; ``lists.target`` is the column of the case's first target
-        (-1 if retrieval missed).
+        (-1 if no candidate list had it).
     """
     histories = [cases.history(i) for i in range(len(cases))]
     history_rows, _ = features.history_matrix(histories)
     user_rows = features.user_rows(cases.user_ids)
     queries = query_embeddings(encoders, catalogue, history_rows, user_rows)
     watched = [features.video_vocab.lookup(h) for h in histories]
-    rows, scores, full = top_candidates(
+    index_rows, _, full = top_candidates(
         queries, catalogue, num_candidates, watched, with_full=with_full
     )
+    recent = sources.recent(history_rows)
+    width = max((len(w) for w in watched), default=0)
+    excluded = np.zeros((len(cases), max(width, 1)), dtype=np.int64)
+    for i, rows in enumerate(watched):
+        excluded[i, : len(rows)] = np.where(rows >= FIRST_ID_ROW, rows, 0)
+    proposals = sources.propose(recent, excluded)
+    merged = merge_candidates(
+        index_rows, proposals, num_candidates, sources.config.source_slots(num_candidates)
+    )
+    rows = merged.rows
     first_target = features.video_vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
-    hits = rows == first_target[:, None]
+    hits = (rows == first_target[:, None]) & merged.valid
     target = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
     length = ranker_history
     engagement = np.full((len(cases), length), UNKNOWN_ENGAGEMENT, dtype=np.float32)
@@ -223,22 +292,31 @@ def case_lists(
     now = cases.target_timestamps[cases.target_indptr[:-1]]
     for i in range(len(cases)):
         known = watched[i] >= FIRST_ID_ROW
-        recent = np.flatnonzero(known)[-length:]
-        if len(recent) == 0:
+        recent_known = np.flatnonzero(known)[-length:]
+        if len(recent_known) == 0:
             continue
-        span = slice(length - len(recent), length)
+        span = slice(length - len(recent_known), length)
         start = cases.history_indptr[i]
-        ages[i, span] = (now[i] - cases.history_timestamps[start + recent]) / 3600.0
+        ages[i, span] = (now[i] - cases.history_timestamps[start + recent_known]) / 3600.0
         if cases.history_engagement is not None:
-            values = cases.history_engagement[start + recent]
+            values = cases.history_engagement[start + recent_known]
             engagement[i, span] = np.nan_to_num(values, nan=UNKNOWN_ENGAGEMENT)
+    retrieval = np.where(merged.valid, np.einsum("nd,nkd->nk", queries, catalogue[rows]), 0.0)
+    evidence = sources.evidence(
+        recent,
+        rows,
+        retrieval.astype(np.float32),
+        merged.retrieval_rank,
+        merged.origins,
+        now.astype(np.float64),
+    )
     lists = CandidateLists(
         history_rows=history_rows[:, -length:],
         history_engagement=engagement,
         history_age_hours=ages,
         candidate_rows=rows,
-        candidate_valid=np.isfinite(scores),
-        retrieval_scores=np.where(np.isfinite(scores), scores, 0.0).astype(np.float32),
+        candidate_valid=merged.valid,
+        evidence=evidence,
         user_attributes=features.user_attribute_matrix(user_rows),
         target=target.astype(np.int64),
         engagement=np.full(len(cases), np.nan, dtype=np.float32),
@@ -246,24 +324,56 @@ def case_lists(
     return lists, full
 
 
-class TwoStageScorer:
-    """Retrieve N by exact search, rerank with the ranker: a `core.metrics.Scorer`.
+def list_scores(
+    lists: CandidateLists, order: str, ranker: RankerScorer | None, engagement_weight: float
+) -> np.ndarray:
+    """``[n, k]`` scores that put each list in ``order`` (`candidates.SERVING_ORDERS`): the
+    ranker's blend for ``"two_stage"``, else retrieval's or one source's (`order_scores`).
+    Invalid slots score -inf."""
+    if order == TWO_STAGE:
+        if ranker is None:
+            raise ValueError("the two-stage order needs the ranker")
+        out = ranker.score_lists(lists)
+        scores = blend_scores(
+            out["watch_logits"], out["engagement"], engagement_weight, lists.candidate_valid
+        ).astype(np.float64)
+    else:
+        scores = order_scores(lists.evidence, order)
+    return np.where(lists.candidate_valid, scores, -np.inf)
 
-    Candidates score above every other video (in their blended order); the rest keep their
-    retrieval order below them, so Recall@N of the list equals retrieval's.
+
+class TwoStageScorer:
+    """The merged candidates put in a serving order: a `core.metrics.Scorer`.
+
+    Candidates score above every other video (in the order's scores); the rest keep their
+    retrieval order below them, so Recall@N of the list is the merged candidates'.
+
+    Args:
+        encoders: Retrieval towers.
+        catalogue: ``[num_rows, d]`` retrieval embeddings by row.
+        ranker: The ranker (needed for the ``"two_stage"`` order only).
+        config: The ranking configuration (N, history length, engagement weight).
+        sources: The bundle's candidate sources.
+        order: One of `candidates.SERVING_ORDERS`.
     """
 
     def __init__(
         self,
         encoders: RetrievalEncoders,
         catalogue: np.ndarray,
-        ranker: RankerScorer,
+        ranker: RankerScorer | None,
         config: RankingConfig,
+        sources: CandidateSources,
+        order: str = TWO_STAGE,
     ) -> None:
+        if order not in SERVING_ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose from {SERVING_ORDERS}")
         self.encoders = encoders
         self.catalogue = catalogue
         self.ranker = ranker
         self.config = config
+        self.sources = sources
+        self.order = order
 
     def __call__(self, cases: EvalCases) -> np.ndarray:
         lists, full = case_lists(
@@ -273,19 +383,37 @@ class TwoStageScorer:
             self.catalogue,
             self.config.candidates,
             self.config.history_length,
+            self.sources,
             with_full=True,
         )
-        out = self.ranker.score_lists(lists)
-        blended = blend_scores(
-            out["watch_logits"],
-            out["engagement"],
-            self.config.engagement_weight,
-            lists.candidate_valid,
-        )
-        # Blended scores are log-probabilities (far above -1e4), so every candidate ranks
-        # above every other video without losing float32 precision among candidates.
+        ordered = list_scores(lists, self.order, self.ranker, self.config.engagement_weight)
+        # Order scores are log-probabilities, inner products or small sums (far above -1e4),
+        # so every candidate ranks above every other video without losing float32 precision
+        # among candidates.
         scores = full - CANDIDATE_OFFSET
         columns = lists.candidate_rows - FIRST_ID_ROW
         rows = np.arange(len(cases))[:, None]
-        scores[rows, columns] = np.where(lists.candidate_valid, blended, -np.inf)
+        valid = lists.candidate_valid
+        scores[np.broadcast_to(rows, columns.shape)[valid], columns[valid]] = ordered[valid]
         return scores.astype(np.float32)
+
+
+class SourceScorer:
+    """One item-to-item source alone: its ``per_source`` proposals in its own order, every
+    other video at -inf (a `core.metrics.Scorer`; its Recall@N is the source's)."""
+
+    def __init__(self, sources: CandidateSources, name: str, features: FeatureSpace) -> None:
+        self.sources = sources
+        self.name = name
+        self.features = features
+
+    def __call__(self, cases: EvalCases) -> np.ndarray:
+        histories = [cases.history(i) for i in range(len(cases))]
+        history_rows, _ = self.features.history_matrix(histories)
+        recent = self.sources.recent(history_rows)
+        rows, scores = self.sources.propose(recent, history_rows)[self.name]
+        out = np.full((len(cases), self.features.video_vocab.num_ids), -np.inf, np.float32)
+        found = rows >= FIRST_ID_ROW
+        case = np.broadcast_to(np.arange(len(cases))[:, None], rows.shape)
+        out[case[found], rows[found] - FIRST_ID_ROW] = scores[found]
+        return out

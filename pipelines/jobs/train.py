@@ -1,4 +1,5 @@
-"""Training: features -> retrieval -> index -> ranker on the index's own candidates -> bundle.
+"""Training: features -> sources -> retrieval -> index -> ranker on the merged candidates ->
+stage gate -> bundle.
 
 `train_stages` is the training both jobs share; `write_bundle` stages, writes and commits a
 bundle from its result. `train_job` (``vidrec train``) runs them on a leave-one-out split: the
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from candidates import CandidateSources
+from candidates.sources import RETRIEVAL, TWO_STAGE
 from core.bundle import BundleStore, data_fingerprint
 from core.config import RankingConfig, RetrievalConfig, VidrecConfig
 from core.features import FeatureSpace, engagement_labels
@@ -39,10 +42,11 @@ from pipelines.jobs.distribute import (
 )
 from pipelines.jobs.index_queries import validation_queries
 from pipelines.jobs.optimizers import sparse_aware
-from pipelines.jobs.ranking_data import Retriever, case_lists, training_lists
+from pipelines.jobs.ranking_data import Retriever, case_lists, list_scores, training_lists
 from pipelines.jobs.weights import save_weights
 from pipelines.serving.state import build_serving_state
-from ranking.train import TrainedRanker, train_ranker
+from ranking.inputs import CandidateLists
+from ranking.train import TrainedRanker, list_metrics, train_ranker
 from retrieval.encoders import RetrievalEncoders
 from retrieval.train import TrainedRetrieval, train_retrieval
 
@@ -63,6 +67,8 @@ class TrainedStages:
         encoders: The retrieval towers as fixed-signature functions.
         catalogue: ``[num_rows, d] float32`` video embeddings by row.
         index: The tuned and verified index.
+        sources: The item-to-item candidate sources.
+        gate: The stage gate's verdict (`stage_gate`).
         validation: Validation metrics of the kept epochs (``retrieval/...``, ``ranking/...``).
         seconds: Wall time by stage.
         training_events: Events the models trained on.
@@ -74,6 +80,8 @@ class TrainedStages:
     encoders: RetrievalEncoders
     catalogue: np.ndarray
     index: index_stage.IndexBuild
+    sources: CandidateSources
+    gate: dict[str, Any]
     validation: dict[str, float]
     seconds: dict[str, float]
     training_events: int
@@ -133,6 +141,38 @@ def _optimizer_factory(
     )
 
 
+def stage_gate(
+    lists: CandidateLists, ranker: TrainedRanker, sources: CandidateSources
+) -> dict[str, Any]:
+    """Which order the bundle serves: the two-stage order, unless retrieval alone or one
+    source alone orders the validation cases' merged candidates better (NDCG@10).
+
+    A ranker that cannot beat the signals it reads has not learnt to use them (too little
+    data or time); serving the better order instead costs nothing, and the manifest says so.
+
+    Returns:
+        ``{"order", "reason", "validation_ndcg@10": {order: value}, "cases"}``.
+    """
+    scorer = ranker.scorer()
+    figures = {}
+    for order in (TWO_STAGE, RETRIEVAL, *sources.graphs):
+        scores = list_scores(lists, order, scorer, ranker.config.engagement_weight)
+        figures[order] = round(list_metrics(scores, lists.target)["ndcg@10"], 5)
+    best = max(figures, key=lambda order: figures[order])
+    if figures[TWO_STAGE] >= figures[best]:
+        order, reason = TWO_STAGE, "the ranker's order is the best on validation"
+    else:
+        order = best
+        reason = (
+            f"validation NDCG@10 of {best} ({figures[best]:.4f}) is above the two-stage order's "
+            f"({figures[TWO_STAGE]:.4f}); serving {best}'s order of the merged candidates"
+        )
+    logger.info(
+        "stage gate: serving %s (%s)", order, ", ".join(f"{k} {v:.4f}" for k, v in figures.items())
+    )
+    return {"order": order, "reason": reason, "validation_ndcg@10": figures, "cases": len(lists)}
+
+
 def train_stages(
     train: pd.DataFrame,
     validation: EvalCases,
@@ -141,8 +181,9 @@ def train_stages(
     config: VidrecConfig,
     initial_weights: dict[str, list[np.ndarray]] | None = None,
     progress: bool = False,
+    gate: dict[str, Any] | None = None,
 ) -> TrainedStages:
-    """Trains retrieval, builds the index, then trains the ranker on the index's candidates.
+    """Trains retrieval, builds the index, then trains the ranker on the merged candidates.
 
     Args:
         train: Validated training interactions.
@@ -152,12 +193,17 @@ def train_stages(
         config: Full configuration.
         initial_weights: ``{"retrieval": [...], "ranking": [...]}`` to warm start from.
         progress: Show progress bars.
+        gate: A stage gate verdict to keep instead of judging again (the retrain's fold-in
+            trains on its validation events, so they cannot judge it).
 
     Raises:
         IndexBuildError: The index cannot reach its recall target.
     """
     initial_weights = initial_weights or {}
     seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    sources = CandidateSources.build(train, videos, features.video_vocab, config.candidates)
+    seconds["candidate_sources"] = time.perf_counter() - started
     strategy = make_strategy()
     consensus = chief_consensus(strategy)
     started = time.perf_counter()
@@ -192,6 +238,7 @@ def train_stages(
         encoders,
         catalogue,
         config.ranking,
+        sources,
         # A flat index is exact search: numpy does it for a whole batch of examples at once.
         retrieve=None if index.index.kind == "flat" else index_retriever(index.index, features),
     )
@@ -203,6 +250,7 @@ def train_stages(
         catalogue,
         config.ranking.candidates,
         config.ranking.history_length,
+        sources,
     )
     seconds["ranker_lists"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -218,10 +266,21 @@ def train_stages(
         make_optimizer=_optimizer_factory(config.ranking),
     )
     seconds["train_ranker"] = time.perf_counter() - started
+    gate = gate or stage_gate(validation_lists, ranker, sources)
     scores = {f"retrieval/{k}": v for k, v in retrieval.history.best.validation.items()}
     scores.update({f"ranking/{k}": v for k, v in ranker.history.best.validation.items()})
     return TrainedStages(
-        features, retrieval, ranker, encoders, catalogue, index, scores, seconds, len(train)
+        features,
+        retrieval,
+        ranker,
+        encoders,
+        catalogue,
+        index,
+        sources,
+        gate,
+        scores,
+        seconds,
+        len(train),
     )
 
 
@@ -256,6 +315,7 @@ def write_bundle(
         artifacts.write_retrieval(path, stages.retrieval, catalogue=stages.catalogue)
         save_weights(path / "retrieval", stages.retrieval.model.get_weights())
         artifacts.write_ranking(path, stages.ranker)
+        artifacts.write_candidates(path, stages.sources)
         save_weights(path / "ranking", stages.ranker.model.get_weights())
         index_stage.write_index(path, stages.index)
         build_serving_state(
@@ -272,7 +332,7 @@ def write_bundle(
                 "training_events": stages.training_events,
                 "indexed_videos": stages.index.index.count,
             },
-            metrics={**metrics, "index": stages.index.summary},
+            metrics={**metrics, "index": stages.index.summary, "stage_gate": stages.gate},
         )
         return staged.bundle_id, bundle_dir
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from candidates import ORIGINS
 from core.config import ServingConfig
 from core.schema import (
     MAX_CATEGORIES,
@@ -49,10 +50,27 @@ class ErrorBody(BaseModel):
     error: str
 
 
+# "retrieval" and the item-to-item sources (`candidates.ORIGINS`).
+Origin = Literal[ORIGINS]  # type: ignore[valid-type]
+
+
 class Item(BaseModel):
     video_id: int
     score: float
-    because: list[int] = Field(description="Watched videos this one comes from.")
+    because: list[int] = Field(
+        description="Watched videos this one comes from; the first is the one its evidence "
+        "points at (the watch it follows in the source that brought it, or the watch the "
+        "ranker attends to most times its similarity)."
+    )
+    source: Origin | None = Field(
+        None,
+        description="The list that brought it: the two-tower index (retrieval) or an "
+        "item-to-item source (what is watched right after, what is watched nearby, the "
+        "creator's next upload); absent for popular items.",
+    )
+    sources: list[Origin] = Field(
+        default_factory=list, description="Every candidate list it was in."
+    )
 
 
 class RecommendResponse(BaseModel):

@@ -57,10 +57,18 @@ def test_evaluate_prints_a_table_and_writes_json(workspace, capsys):
     for name in ("two_tower", "two_stage", "most_popular", "transition", "ndcg@10", "recall@60"):
         assert name in table
     result = json.loads(out.read_text())
-    assert set(result["rows"]) == {"two_tower", "two_stage", "most_popular", "transition"}
-    # The ranker reorders retrieval's top-N only: the candidate list's recall is unchanged.
+    current = (workspace / "artifacts" / "CURRENT").read_text().strip()
+    manifest = json.loads(
+        (workspace / "artifacts" / "bundles" / current / "manifest.json").read_text()
+    )
+    order = manifest["metrics"]["stage_gate"]["order"]
+    served = set() if order == "two_stage" else {f"served ({order})"}
+    sources = {"source/transition", "source/covisit", "source/creator"}
+    expected = {"two_tower", "two_stage", "most_popular", "transition"} | sources | served
+    assert set(result["rows"]) == expected
     rows = result["rows"]
-    assert rows["two_stage"]["recall@60"] == rows["two_tower"]["recall@60"]
+    for name in sources:
+        assert 0.0 <= rows[name]["hr@10"] <= rows[name]["recall@60"] <= 1.0
     assert result["num_cases"] == 200
     assert 0.0 <= result["rows"]["two_tower"]["ndcg@10"] <= 1.0
 

@@ -65,7 +65,9 @@ def test_recommend_for_a_known_user(served):
     scores = [item["score"] for item in body["items"]]
     assert all(np.isfinite(scores))
     assert all(set(item["because"]) <= watched for item in body["items"])
-    assert set(body["timings_ms"]) >= {"history", "user_tower", "index", "ranker", "rerank"}
+    assert all(item["source"] in item["sources"] for item in body["items"])
+    stages = {"history", "user_tower", "index", "sources", "ranker", "rerank"}
+    assert set(body["timings_ms"]) >= stages
     explained = service.current.recommend(user_id=user, k=5, explain=True).attention
     weights = np.asarray(explained["weights"])
     assert weights.shape == (5, len(explained["history"]))
@@ -386,3 +388,66 @@ def test_two_worker_processes_share_the_port_and_the_catalogue(platform, tmp_pat
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_items_name_their_source_and_the_watch_they_follow(served):
+    data, service, _, _ = served
+    recommender = service.current
+    user = _user_with_history(data)
+    watched = data.interactions.loc[data.interactions["user_id"] == user, "video_id"]
+    result = recommender.recommend(user_id=user, k=10, now=recommender.state.data_until)
+    sources = recommender.sources
+    catalogue = recommender.catalogue
+    # The user's latest watches as the sources read them, newest first.
+    known = catalogue.rows(watched.to_numpy(np.int64))
+    recent = sources.recent(known[known >= 2][None])[0]
+    for item in result.items:
+        assert item["source"] in item["sources"] and set(item["sources"]) <= {
+            "retrieval",
+            "transition",
+            "covisit",
+            "creator",
+        }
+        if item["source"] == "retrieval":
+            continue
+        # A source's item names first the latest watch with the largest count / total.
+        graph = sources.graphs[item["source"]]
+        row = catalogue.rows(np.array([item["video_id"]]))
+        pull = graph.counts_between(recent[None], row[None])[0, :, 0] / np.maximum(
+            graph.row_totals(recent), 1.0
+        )
+        assert pull.max() > 0
+        assert item["because"][0] == int(catalogue.ids(recent[[int(np.argmax(pull))]])[0])
+    assert any(item["source"] != "retrieval" for item in result.items)
+
+
+def test_a_gated_order_serves_without_the_ranker(served):
+    data, service, _, _ = served
+    recommender = service.current
+    user = _user_with_history(data)
+    now = recommender.state.data_until
+    two_stage = recommender.recommend(user_id=user, k=10, now=now)
+    config = recommender.config
+    recommender.order = "transition"
+    recommender.config = dataclasses.replace(config, diversity="none")
+    try:
+        gated = recommender.recommend(user_id=user, k=10, now=now, explain=True)
+    finally:
+        recommender.order, recommender.config = "two_stage", config
+    assert "ranker" in two_stage.timings_ms and "ranker" not in gated.timings_ms
+    assert gated.attention is None
+    scores = [item["score"] for item in gated.items]
+    assert scores == sorted(scores, reverse=True)
+    # The score is the transition score by hand (sum over the latest watches of decay^j *
+    # count / total), the retrieval score a millionth behind.
+    watched = data.interactions.loc[data.interactions["user_id"] == user, "video_id"]
+    rows = recommender.catalogue.rows(watched.to_numpy(np.int64))
+    recent = recommender.sources.recent(rows[rows >= 2][None])[0]
+    graph = recommender.sources.graphs["transition"]
+    top = recommender.catalogue.rows(np.array([gated.items[0]["video_id"]]))
+    probability = graph.counts_between(recent[None], top[None])[0, :, 0] / np.maximum(
+        graph.row_totals(recent), 1.0
+    )
+    expected = float((recommender.sources.recency_weights * probability).sum())
+    assert expected > 0 and gated.items[0]["source"] == "transition"
+    assert gated.items[0]["score"] == pytest.approx(expected, abs=1e-4)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 import ranking  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from candidates import CandidateSources
 from core.config import (
     REQUEST_RUNTIMES,
+    CandidatesConfig,
     FeatureConfig,
     RankingConfig,
     RetrievalConfig,
@@ -36,6 +38,7 @@ RANKING = RankingConfig(
     max_epochs=2,
     patience=2,
 )
+SOURCES = CandidatesConfig(per_source=10, source_share=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,7 @@ def stages():
     )
     encoders = retrieval.encoders()
     catalogue = encoders.catalogue_embeddings()
+    sources = CandidateSources.build(split.train, data.videos, features.video_vocab, SOURCES)
     lists = training_lists(
         split.train,
         engagement_labels(split.train, data.videos),
@@ -73,14 +77,17 @@ def stages():
         encoders,
         catalogue,
         RANKING,
+        sources,
     )
-    validation, _ = case_lists(split.validation, features, encoders, catalogue, 40, HISTORY)
+    validation, _ = case_lists(
+        split.validation, features, encoders, catalogue, 40, HISTORY, sources
+    )
     ranker = train_ranker(lists, features, catalogue, RANKING, validation)
-    return data, split, features, encoders, catalogue, lists, validation, ranker
+    return data, split, features, encoders, catalogue, lists, validation, ranker, sources
 
 
 def test_training_lists_follow_the_retrieval_stage(stages):
-    _, split, _, _, _, lists, _, _ = stages
+    _, split, _, _, _, lists, _, _, _ = stages
     assert lists.candidate_rows.shape[1] == 1 + 6 + 2
     assert (lists.target == 0).all()
     # Negatives are never the watched video, and never something already watched.
@@ -92,7 +99,7 @@ def test_training_lists_follow_the_retrieval_stage(stages):
 
 
 def test_a_later_event_does_not_change_an_earlier_example(stages):
-    data, split, features, encoders, catalogue, lists, _, _ = stages
+    data, split, features, encoders, catalogue, lists, _, _, sources = stages
     train = split.train
     user = train["user_id"].iloc[0]
     last = train.index[train["user_id"] == user][-1]
@@ -101,7 +108,13 @@ def test_a_later_event_does_not_change_an_earlier_example(stages):
     changed.loc[last, "watch_seconds"] = 1.0
     changed = validate_interactions(changed, "changed")
     again = training_lists(
-        changed, engagement_labels(changed, data.videos), features, encoders, catalogue, RANKING
+        changed,
+        engagement_labels(changed, data.videos),
+        features,
+        encoders,
+        catalogue,
+        RANKING,
+        sources,
     )
     # Every example before the changed (last) event of that user is identical.
     rows = np.flatnonzero(lists.history_rows.any(axis=1))
@@ -114,7 +127,7 @@ def test_a_later_event_does_not_change_an_earlier_example(stages):
 
 
 def test_padding_and_invalid_slots_do_not_change_scores(stages):
-    *_, validation, ranker = stages
+    *_, validation, ranker, _ = stages
     scorer = ranker.scorer()
     part = validation.take(np.arange(8))
     base = scorer.inputs(
@@ -122,7 +135,7 @@ def test_padding_and_invalid_slots_do_not_change_scores(stages):
         part.history_engagement,
         part.history_age_hours,
         part.candidate_rows,
-        part.retrieval_scores,
+        part.evidence,
         part.user_attributes,
     )
     reference = scorer.score_inputs(base)
@@ -138,10 +151,7 @@ def test_padding_and_invalid_slots_do_not_change_scores(stages):
     out = scorer.score_inputs(junk)
     np.testing.assert_allclose(out["watch_logits"], reference["watch_logits"], atol=1e-5)
     # Candidates are scored independently: a shorter list gives the same scores.
-    short = {
-        k: (v[:, :5] if k.startswith("candidate") or k == "retrieval_scores" else v)
-        for k, v in base.items()
-    }
+    short = {k: (v[:, :5] if k.startswith("candidate") else v) for k, v in base.items()}
     np.testing.assert_allclose(
         scorer.score_inputs(short)["watch_logits"], reference["watch_logits"][:, :5], atol=1e-5
     )
@@ -152,7 +162,7 @@ def test_padding_and_invalid_slots_do_not_change_scores(stages):
 
 
 def test_export_round_trip_gives_identical_scores(stages, tmp_path):
-    _, _, features, _, catalogue, _, validation, ranker = stages
+    _, _, features, _, catalogue, _, validation, ranker, _ = stages
     scorer = ranker.scorer()
     scorer.save(tmp_path)
     loaded = RankerScorer.load(tmp_path, features, catalogue, RANKING)
@@ -164,7 +174,7 @@ def test_export_round_trip_gives_identical_scores(stages, tmp_path):
 
 @pytest.mark.parametrize("runtime", REQUEST_RUNTIMES)
 def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
-    _, _, features, _, catalogue, _, validation, ranker = stages
+    _, _, features, _, catalogue, _, validation, ranker, _ = stages
     ranker.scorer().save(tmp_path)
     loaded = RankerScorer.load(tmp_path, features, catalogue, RANKING)
     slots = validation.candidate_rows.shape[1]
@@ -175,6 +185,7 @@ def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
         catalogue.shape[1],
         features.config.max_categories,
         len(features.user_attributes),
+        loaded.evidence_width,
         runtime,
         loaded.keepalive,
         loaded.saved_model_dir,  # LiteRT converts in a child process from the SavedModel
@@ -191,7 +202,7 @@ def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
             np.where(engagement == UNKNOWN_ENGAGEMENT, np.nan, engagement),
             validation.history_age_hours[i][known],
             validation.candidate_rows[i, :found],
-            validation.retrieval_scores[i, :found],
+            validation.evidence[i, :found],
             validation.user_attributes[i : i + 1],
             features.catalogue,
             catalogue,
@@ -204,13 +215,13 @@ def test_request_scorer_matches_the_batch_scorer(stages, tmp_path, runtime):
 
 
 def test_unknown_request_runtime_is_refused(stages):
-    *_, ranker = stages
+    *_, ranker, _ = stages
     with pytest.raises(BundleError, match=r"request runtime must be one of \['litert'"):
-        RequestScorer(ranker.scorer().score_fn, HISTORY, 4, 16, 3, 0, "onnx")
+        RequestScorer(ranker.scorer().score_fn, HISTORY, 4, 16, 3, 0, 15, "onnx")
 
 
 def test_ranker_keeps_its_best_epoch(stages):
-    *_, ranker = stages
+    *_, ranker, _ = stages
     history = ranker.history
     assert 1 <= history.best_epoch <= len(history.epochs) <= 2
     assert history.best.validation["ndcg@10"] == max(
