@@ -163,7 +163,14 @@ def compare_on_window(
     """Two-stage metrics of the new pipeline and of the serving one on the same cases."""
     features = new.features
     ranker_config = config.ranking
-    scorer = TwoStageScorer(new.encoders, new.catalogue, new.ranker.scorer(), ranker_config)
+    scorer = TwoStageScorer(
+        new.encoders,
+        new.catalogue,
+        new.ranker.scorer(),
+        ranker_config,
+        new.sources,
+        new.gate["order"],
+    )
     ks, ns = config.evaluation.ks, config.evaluation.candidate_ns
     new_metrics = evaluate_scorer(scorer, cases, features.video_vocab, ks=ks, ns=ns).metrics
     if serving is None or serving.ranker is None:
@@ -173,6 +180,8 @@ def compare_on_window(
         serving.retrieval.catalogue_rows(),
         serving.ranker,
         serving.config.ranking,
+        serving.sources,
+        serving.order,
     )
     foreign = _ForeignCatalogueScorer(theirs, serving.retrieval.features, features)
     serving_metrics = evaluate_scorer(foreign, cases, features.video_vocab, ks=ks, ns=ns).metrics
@@ -193,6 +202,65 @@ def gate(
     if new[metric] >= floor:
         return True, f"not worse: {verdict}"
     return False, f"worse: {verdict}"
+
+
+def fold_in_window(
+    stages: TrainedStages,
+    dataset: Dataset,
+    cutoff: int,
+    window: int,
+    config: VidrecConfig,
+    progress: bool = False,
+) -> tuple[TrainedStages, dict[str, Any]]:
+    """The gated models, trained ``retrain.fold_in_epochs`` more epochs on every event before
+    the cutoff, the gate's window included: the newest day is the most valuable one on a video
+    platform, and without this pass the served models would never learn from it.
+
+    Warm-started from the gated models (vocabularies grown by the window's new videos and
+    users). The window's events are trained on, so nothing can judge this pass honestly: it
+    keeps the gated models' stage gate verdict, and each user's last event only steers the
+    index tuning and the (single-epoch) bookkeeping as validation.
+
+    Returns:
+        ``(the folded-in stages, the manifest's fold_in record)``.
+    """
+    events = dataset.interactions[dataset.interactions["timestamp"] < cutoff]
+    engagement = engagement_labels(events, dataset.videos)
+    _, validation = last_event_holdout(events, engagement=engagement)
+    features = stages.features.grow(videos=dataset.videos, interactions=events, users=dataset.users)
+    epochs = config.retrain.fold_in_epochs
+    short = dataclasses.replace(
+        config,
+        retrieval=dataclasses.replace(config.retrieval, max_epochs=epochs),
+        ranking=dataclasses.replace(config.ranking, max_epochs=epochs),
+    )
+    window_events = int((events["timestamp"] >= cutoff - window).sum())
+    logger.info(
+        "fold-in: %d more epoch(s) on %d events, the window's %d included",
+        epochs,
+        len(events),
+        window_events,
+    )
+    folded = train_stages(
+        events,
+        validation,
+        features,
+        dataset.videos,
+        short,
+        initial_weights={
+            "retrieval": stages.retrieval.model.get_weights(),
+            "ranking": stages.ranker.model.get_weights(),
+        },
+        progress=progress,
+        gate=stages.gate,
+    )
+    record = {
+        "epochs": epochs,
+        "events": len(events),
+        "window_events": window_events,
+        "seconds": round(sum(folded.seconds.values()), 1),
+    }
+    return folded, record
 
 
 def retrain_job(
@@ -290,6 +358,11 @@ def _retrain_locked(
     seconds["gate"] = time.perf_counter() - started
     status = PUBLISHED if promote else GATED_OUT
     logger.info("gate: %s -> %s", reason, status)
+    fold_in, gated = None, stages
+    if promote and retrain.fold_in_epochs:
+        started = time.perf_counter()
+        stages, fold_in = fold_in_window(stages, dataset, cutoff, window, config, progress)
+        seconds["fold_in"] = time.perf_counter() - started
     gate_record = {
         "status": status,
         "reason": reason,
@@ -315,9 +388,14 @@ def _retrain_locked(
         dataset,
         config,
         data=data,
-        metrics={"gate": gate_record, "validation": stages.validation, "seconds": seconds},
+        metrics={
+            "gate": gate_record,
+            "validation": stages.validation,
+            "seconds": seconds,
+            **({"fold_in": fold_in} if fold_in else {}),
+        },
         events_until_id=events_until_id,
-        extra_reports=lambda path: _write_report(path, gate_record, data, stages, seconds),
+        extra_reports=lambda path: _write_report(path, gate_record, data, gated, seconds, fold_in),
     )
     if promote:
         store.publish(bundle_id, reason=f"retrain --cutoff {cutoff}: {reason}")
@@ -339,8 +417,10 @@ def _write_report(
     data: dict[str, Any],
     stages: TrainedStages,
     seconds: dict[str, float],
+    fold_in: dict[str, Any] | None,
 ) -> None:
-    """``retrain.md`` + ``retrain.json`` + a PNG of the new and serving metrics."""
+    """``retrain.md`` + ``retrain.json`` + a PNG of the new and serving metrics (``stages``:
+    the models the gate judged)."""
     new, serving = gate_record["new"], gate_record["serving"]
     names = [k for k in ("hr@10", "ndcg@10", "mrr", "recall@100", "recall@300") if k in new]
     lines = [
@@ -371,9 +451,18 @@ def _write_report(
         "Seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
         "",
     ]
+    if fold_in:
+        lines[-1:-1] = [
+            f"Fold-in: after the gate, {fold_in['epochs']} more epoch(s) on all "
+            f"{fold_in['events']} events before the cutoff, the window's "
+            f"{fold_in['window_events']} included ({fold_in['seconds']:.0f} s); the published "
+            "models are these.",
+            "",
+        ]
     atomic_write_text(reports / "retrain.md", "\n".join(lines))
     atomic_write_json(
-        reports / "retrain.json", {"gate": gate_record, "data": data, "seconds": seconds}
+        reports / "retrain.json",
+        {"gate": gate_record, "data": data, "seconds": seconds, "fold_in": fold_in},
     )
     plots.metric_comparison(
         reports / "retrain.png",

@@ -54,8 +54,26 @@ def test_retrain_publishes_a_warm_started_bundle_and_rerun_is_idempotent(world):
     assert manifest.data["events_until_id"] == events.last_id()
     gate = manifest.metrics["gate"]
     assert gate["serving_bundle"] == first and set(gate["new"]) >= {"ndcg@10", "hr@10"}
+    # The gate judged models trained before the window; the published ones also learnt from
+    # it (one more warm-started epoch on everything before the cutoff).
+    every = pd.concat([base.interactions, events.interactions()], ignore_index=True)
+    stamps = every["timestamp"].to_numpy()
+    assert manifest.metrics["fold_in"] == {
+        "epochs": 1,
+        "events": int((stamps < cutoff).sum()),
+        "window_events": int(((stamps >= cutoff - DAY) & (stamps < cutoff)).sum()),
+        "seconds": manifest.metrics["fold_in"]["seconds"],
+    }
+    assert manifest.metrics["fold_in"]["window_events"] > 0
+    # Every order was judged on validation before the fold-in, which keeps the verdict.
+    judged = manifest.metrics["stage_gate"]["validation_ndcg@10"]
+    assert set(judged) == {"two_stage", "retrieval", "transition", "covisit", "creator"}
+    assert manifest.metrics["stage_gate"]["order"] == max(
+        judged, key=lambda order: (judged[order], order == "two_stage")
+    )
     report = (store.path(result.bundle_id) / "reports" / "retrain.md").read_text()
     assert "| ndcg@10 |" in report and "published" in report
+    assert "Fold-in: after the gate, 1 more epoch(s)" in report
     assert (store.path(result.bundle_id) / "reports" / "retrain.png").is_file()
     # Same cutoff, same data: nothing is trained again.
     again = retrain_job(base, events, store, tolerant(), cutoff)
