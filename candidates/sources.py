@@ -175,7 +175,7 @@ class CandidateSources:
         retrieval_rank: np.ndarray,
         origins: np.ndarray,
         moments: np.ndarray,
-        target_follows_recent: bool = False,
+        upcoming: np.ndarray | None = None,
     ) -> np.ndarray:
         """What the ranker reads about each candidate (`EVIDENCE_FEATURES`).
 
@@ -187,11 +187,13 @@ class CandidateSources:
                 the index did not return it.
             origins: ``[b, k, len(ORIGINS)] bool`` which lists proposed it.
             moments: ``[b] float64`` the ranking moment in seconds (for freshness).
-            target_follows_recent: Training lists: column 0 is the video watched right after
-                ``recent`` in the same sequence, and the graphs were counted from that very
-                sequence. Its own pairs are taken out of its counts, so the ranker learns from
-                evidence as a request will see it (a pair it has not seen yet), not from
-                counts that include the answer.
+            upcoming: Training lists only: ``[b, u] int64`` the rows this user watched from
+                the ranking moment on, in order (the watched video first; 0 past the user's
+                last event). The graphs were counted from these very sequences, so every pair
+                of a latest watch with one of them (and one watch each from popularity) is
+                taken out of the counts and totals: a request never sees its user's future,
+                and a ranker trained on counts that include the answer (or that inflate the
+                negatives the user watches a little later) learns to misjudge the sources.
 
         Returns:
             ``[b, k, EVIDENCE_WIDTH] float32``.
@@ -207,14 +209,12 @@ class CandidateSources:
         )
         for name, graph in self.graphs.items():
             counts = graph.counts_between(recent, candidates).astype(np.float64)
-            totals = np.broadcast_to(graph.row_totals(recent)[..., None], counts.shape).copy()
-            if target_follows_recent and name != "creator":
+            totals = np.broadcast_to(graph.row_totals(recent)[..., None], counts.shape)
+            if upcoming is not None and name != "creator":
                 reach = 1 if name == "transition" else self.config.covisit_window
-                own = np.zeros(counts.shape[1], dtype=np.float64)
-                own[: min(reach, len(own))] = 1.0
-                own = own[None, :] * (counts[:, :, 0] > 0)
-                counts[:, :, 0] -= own
-                totals[:, :, 0] -= own
+                own, own_totals = _own_pairs(recent, candidates, upcoming, reach)
+                counts = np.maximum(counts - own, 0.0)
+                totals = np.maximum(totals - own_totals[..., None], 0.0)
             probability = counts / np.maximum(totals, 1.0)
             score = (weights * probability).sum(axis=1)
             if name == "transition":
@@ -230,9 +230,11 @@ class CandidateSources:
         held = (candidates >= FIRST_ID_ROW) & (candidates < self.num_rows)
         safe = np.where(held, candidates, 0)
         top = max(float(self.popularity.max(initial=0.0)), 1.0)
-        out[..., _COLUMN["popularity"]] = np.where(
-            held, np.log1p(self.popularity[safe]) / np.log1p(top), 0.0
-        )
+        popularity = self.popularity[safe].astype(np.float64)
+        if upcoming is not None:
+            own = (candidates[:, :, None] == np.asarray(upcoming)[:, None, :]).sum(axis=2)
+            popularity = np.maximum(popularity - own, 0.0)
+        out[..., _COLUMN["popularity"]] = np.where(held, np.log1p(popularity) / np.log1p(top), 0.0)
         uploaded = np.where(held, self.upload_time[safe], np.nan)
         known = np.isfinite(uploaded)
         age_days = np.maximum(np.asarray(moments, np.float64)[:, None] - uploaded, 0.0) / 86_400
@@ -278,6 +280,28 @@ class CandidateSources:
         if rows != {state.get("num_rows")}:
             raise BundleError(f"candidate sources in {directory} disagree on the number of videos")
         return cls(config, graphs, popularity.astype(np.float32), upload_time.astype(np.float64))
+
+
+def _own_pairs(
+    recent: np.ndarray, candidates: np.ndarray, upcoming: np.ndarray, reach: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much one user's upcoming watches added to a graph counted ``reach`` positions
+    apart: ``(counts [b, m, k] of (latest watch j, candidate) pairs, totals [b, m] out of
+    each latest watch)``. Watch ``j`` (``j + 1`` positions before the ranking moment) pairs
+    with the upcoming watches ``d < reach - j``."""
+    recent = np.asarray(recent, dtype=np.int64)
+    upcoming = np.asarray(upcoming, dtype=np.int64)[:, :reach]
+    m, u = recent.shape[1], upcoming.shape[1]
+    within = np.arange(u)[None, :] < reach - np.arange(m)[:, None]  # [m, u]
+    paired = (
+        within[None, :, :]
+        & (recent[:, :, None] >= FIRST_ID_ROW)
+        & (upcoming[:, None, :] >= FIRST_ID_ROW)
+        & (recent[:, :, None] != upcoming[:, None, :])
+    )  # [b, m, u]
+    matches = np.asarray(candidates, dtype=np.int64)[:, None, :] == upcoming[:, :, None]
+    counts = np.einsum("bmu,buk->bmk", paired.astype(np.float64), matches.astype(np.float64))
+    return counts, paired.sum(axis=2).astype(np.float64)
 
 
 def _sequence_graph(

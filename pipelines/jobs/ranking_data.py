@@ -173,23 +173,32 @@ def training_lists(
     moments = stamps[examples.target_events].astype(np.float64)
     slots = sources.config.source_slots(config.candidates)
     per_source = sources.config.per_source
+    users = interactions["user_id"].to_numpy(np.int64)
+    reach = sources.config.covisit_window
     for start in range(0, n, QUERY_BATCH):
         stop = min(start + QUERY_BATCH, n)
         targets = target_rows[start:stop, None]
         history = history_rows[start:stop]
+        upcoming = _upcoming(event_rows, users, examples.target_events[start:stop], reach)
         index_rows, _ = retrieve(queries[start:stop], config.candidates, history)
         recent = sources.recent(history)
-        # One more than a request gets: the watched video may be among them (its own pair
-        # was counted), and the source's threshold must be its n-th best other video.
-        extended = sources.propose(recent, history, per_source + 1)
+        # More than a request gets: the user's upcoming videos may be among them (their own
+        # pairs were counted), and a source's bar is its n-th best other video.
+        extended = sources.propose(recent, history, per_source + upcoming.shape[1])
         proposals = {
-            name: (rows[:, :-1], scores[:, :-1]) for name, (rows, scores) in extended.items()
+            name: (rows[:, :per_source], scores[:, :per_source])
+            for name, (rows, scores) in extended.items()
         }
         merged = merge_candidates(index_rows, proposals, config.candidates, slots)
+        # The user's next few watches are not negatives: they are what the user wants soon,
+        # and the sources' own counts (inflated by this very sequence) would offer them as
+        # hard negatives far more often than a request would.
+        soon = upcoming[:, 1:]
         if config.hard_negatives:
             pool = merged.rows
             keys = rng.random(pool.shape)
-            keys[(pool == targets) | (pool < FIRST_ID_ROW)] = np.inf
+            upcoming_soon = (pool[:, :, None] == soon[:, None, :]).any(axis=2)
+            keys[(pool == targets) | (pool < FIRST_ID_ROW) | upcoming_soon] = np.inf
             pick = np.argpartition(keys, config.hard_negatives - 1, axis=1)
             candidates[start:stop, 1 : 1 + config.hard_negatives] = np.take_along_axis(
                 pool, pick[:, : config.hard_negatives], axis=1
@@ -197,6 +206,7 @@ def training_lists(
         chunk = candidates[start:stop]
         negatives = chunk[:, 1:]
         watched = (negatives[:, :, None] == history[:, None, :]).any(axis=2)
+        watched |= (negatives[:, :, None] == soon[:, None, :]).any(axis=2)
         valid[start:stop, 1:] = (negatives >= FIRST_ID_ROW) & (negatives != targets) & ~watched
         origins, retrieval_rank = merged.describe(chunk)
         scores = np.einsum("nd,nkd->nk", queries[start:stop], catalogue[chunk])
@@ -207,9 +217,9 @@ def training_lists(
             retrieval_rank,
             origins,
             moments[start:stop],
-            target_follows_recent=True,
+            upcoming=upcoming,
         )
-        _flag_watched_video(part, targets[:, 0], extended, per_source)
+        _flag_as_requested(part, upcoming, extended, per_source)
         evidence[start:stop] = part
     # The ranker reads the most recent `config.history_length` of the retrieval history.
     recent_slice = slice(-config.history_length, None)
@@ -229,21 +239,39 @@ def training_lists(
     )
 
 
-def _flag_watched_video(
+def _flag_as_requested(
     evidence: np.ndarray,
-    targets: np.ndarray,
+    upcoming: np.ndarray,
     proposals: dict[str, tuple[np.ndarray, np.ndarray]],
     per_source: int,
 ) -> None:
-    """Sets the source flags of each training list's watched video (column 0) as a request
-    would have: proposed when its score without its own pairs reaches the ``per_source``-th
-    best score of the source's other videos (in place on ``evidence [b, k, E]``;
-    ``targets [b]`` the watched rows; ``proposals`` hold ``per_source + 1`` per list)."""
+    """Sets each training candidate's source flags as a request would have (in place on
+    ``evidence [b, k, E]``): proposed when its score without the user's own upcoming pairs
+    reaches the ``per_source``-th best score among the source's other videos.
+
+    ``upcoming [b, u]``: the rows the user watches from the ranking moment on; their own
+    pairs inflated their place in ``proposals`` (which hold ``per_source + u`` per list), so
+    they do not set the bar.
+    """
     for name, (rows, scores) in proposals.items():
-        own = evidence[:, 0, EVIDENCE_FEATURES.index(f"{name}_score")]
-        others = np.where((rows == targets[:, None]) | (rows < FIRST_ID_ROW), -1.0, scores)
-        threshold = np.maximum(np.sort(others, axis=1)[:, ::-1][:, per_source - 1], 0.0)
-        evidence[:, 0, EVIDENCE_FEATURES.index(f"from_{name}")] = (own > 0) & (own >= threshold)
+        own = (rows[:, :, None] == upcoming[:, None, :]).any(axis=2) | (rows < FIRST_ID_ROW)
+        others = np.sort(np.where(own, -1.0, scores), axis=1)[:, ::-1]
+        threshold = np.maximum(others[:, per_source - 1], 0.0)[:, None]
+        score = evidence[:, :, EVIDENCE_FEATURES.index(f"{name}_score")]
+        flag = EVIDENCE_FEATURES.index(f"from_{name}")
+        evidence[:, :, flag] = (score > 0) & (score >= threshold)
+
+
+def _upcoming(
+    event_rows: np.ndarray, users: np.ndarray, target_events: np.ndarray, length: int
+) -> np.ndarray:
+    """``[b, length] int64``: each example's watched video and the same user's next ones
+    (0 past the user's last event); events sorted by user, then time."""
+    positions = target_events[:, None] + np.arange(length)[None, :]
+    inside = positions < len(event_rows)
+    positions = np.where(inside, positions, 0)
+    same = inside & (users[positions] == users[target_events][:, None])
+    return np.where(same, event_rows[positions], 0)
 
 
 def case_lists(

@@ -166,7 +166,7 @@ def test_evidence_by_hand_and_the_watched_video_without_its_own_pair():
         np.full((1, 2), -1),
         origins,
         np.array([50.0]),
-        target_follows_recent=True,
+        upcoming=np.array([[r102, 0]]),
     )[0]
     np.testing.assert_allclose(training[:, COLUMN["transition_score"]], [0.0, 0.5])
     # A source's order ranks by its score, then by retrieval.
