@@ -14,7 +14,12 @@ run must succeed.
 and gate metrics side by side, on a synthetic platform (``--videos``/``--events``) and on
 MovieLens latest-small.
 
-    .venv/bin/python benchmarks/retrain.py --parts days kill warm --out artifacts/bench/retrain
+``fold``: what folding the gate's window into the published models adds. The same nights run
+twice from the same first bundle, with ``retrain.fold_in_epochs`` 0 and 1; each night's gate
+scores the bundle published the night before on that night's window (the day it has not
+seen), so the ``serving`` figures of nights 2.. compare the two policies on unseen days.
+
+    .venv/bin/python benchmarks/retrain.py --parts days kill warm fold --out artifacts/bench/retrain
 
 ``--events-url postgresql://...`` runs ``days`` or ``kill`` against that event store instead of
 a SQLite file: the server writes the posted events there and the retrain reads them back in
@@ -453,10 +458,65 @@ def warm(args: argparse.Namespace, out: Path) -> dict:
     return results
 
 
+def fold(args: argparse.Namespace, out: Path) -> dict:
+    """Nights with and without the fold-in; each judged by the next night's gate."""
+    from core.bundle import BundleStore
+    from core.config import VidrecConfig, config_from_dict
+    from core.schema import Dataset
+    from pipelines.jobs.retrain import retrain_job
+    from pipelines.jobs.train import train_job
+    from pipelines.serving.events import EventStore
+
+    root = out / "fold"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    base_days = 10
+    data, base, start = _platform(
+        root, args.users, args.videos_small, args.events_small, base_days + args.days, base_days
+    )
+    payload = _small_config()
+    train_job(base, config_from_dict(VidrecConfig, payload), BundleStore(root / "first"))
+    nights = {}
+    for epochs in (0, 1):
+        store_root = root / f"fold-{epochs}"
+        shutil.copytree(root / "first", store_root)
+        config = config_from_dict(
+            VidrecConfig, {**payload, "retrain": {**payload["retrain"], "fold_in_epochs": epochs}}
+        )
+        rows = []
+        for night in range(1, args.days + 1):
+            cutoff = start + (base_days + night) * DAY
+            known = data.interactions["timestamp"] < cutoff
+            dataset = Dataset("synthetic", data.interactions.loc[known], data.videos, data.users)
+            started = time.perf_counter()
+            result = retrain_job(
+                dataset,
+                EventStore(root / f"events-{epochs}.db"),
+                BundleStore(store_root),
+                config,
+                cutoff,
+            )
+            row = {
+                "night": night,
+                "status": result.status,
+                "seconds": round(time.perf_counter() - started, 1),
+                "new_ndcg@10": round(result.new_metrics.get("ndcg@10", 0.0), 4),
+                # The bundle published the night before, on this night's (unseen) window.
+                "serving_ndcg@10": round(result.serving_metrics.get("ndcg@10", 0.0), 4),
+            }
+            rows.append(row)
+            print(f"fold-in epochs {epochs}", json.dumps(row), flush=True)
+        nights[f"fold_in_epochs_{epochs}"] = rows
+    return nights
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--parts", nargs="+", default=["days", "kill", "warm"], choices=["days", "kill", "warm"]
+        "--parts",
+        nargs="+",
+        default=["days", "kill", "warm", "fold"],
+        choices=["days", "kill", "warm", "fold"],
     )
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--users", type=int, default=3_000)
@@ -484,7 +544,7 @@ def main() -> int:
 
     results = {}
     for part in args.parts:
-        results[part] = {"days": days, "kill": kill, "warm": warm}[part](args, out)
+        results[part] = {"days": days, "kill": kill, "warm": warm, "fold": fold}[part](args, out)
         atomic_write_json(out / "retrain.json", results)
     print(json.dumps(results, indent=2, default=str))
     return 0
