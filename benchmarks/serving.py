@@ -185,7 +185,7 @@ def naive_pipeline(recommender, users: np.ndarray, now: float) -> dict[str, floa
     samples = []
     for user in users:
         t = time.perf_counter()
-        rows, ages, engagement, watched, _ = recommender._history(int(user), None, now)
+        rows, ages, engagement, watched, *_ = recommender._history(int(user), None, now)
         padded = np.zeros((1, recommender.history_length), np.int64)
         padded[0, -len(rows) :] = rows
         user_row = recommender.features.user_rows(np.array([user]))
@@ -193,7 +193,11 @@ def naive_pipeline(recommender, users: np.ndarray, now: float) -> dict[str, floa
         query = user_model.predict([embeddings[padded], user_row, attributes], verbose=0)
         scores = videos @ query[0]
         scores[recommender.catalogue.rows(watched) - 2] = -np.inf
-        top = np.argpartition(-scores, 300)[:300] + 2
+        top = np.argpartition(-scores, 300)[:300]
+        top = top[np.argsort(-scores[top])] + 2
+        # The same merge with the item-to-item sources and the same evidence as the fast path.
+        merged, evidence = recommender._merge_sources(query, rows, top, watched, now, embeddings)
+        candidates = merged.rows[0][merged.valid[0]]
         h = recommender.ranker_history
         recent_engagement = np.full((1, h), 0.5, np.float32)
         recent_ages = np.zeros((1, h), np.float32)
@@ -204,8 +208,8 @@ def naive_pipeline(recommender, users: np.ndarray, now: float) -> dict[str, floa
             padded[:, -h:],
             recent_engagement,
             recent_ages,
-            top[None],
-            (embeddings[top] @ query[0])[None].astype(np.float32),
+            candidates[None],
+            evidence[None],
             attributes,
             videos=recommender.catalogue.videos,
             embeddings=embeddings,

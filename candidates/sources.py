@@ -78,6 +78,10 @@ class CandidateSources:
     popularity: np.ndarray
     upload_time: np.ndarray
 
+    def __post_init__(self) -> None:
+        # Read by every request's evidence: a million-row maximum is not free.
+        self._log_top_popularity = float(np.log1p(max(float(self.popularity.max(initial=0)), 1)))
+
     @property
     def num_rows(self) -> int:
         return len(self.popularity)
@@ -229,12 +233,13 @@ class CandidateSources:
         out[..., first : first + len(ORIGINS)] = origins
         held = (candidates >= FIRST_ID_ROW) & (candidates < self.num_rows)
         safe = np.where(held, candidates, 0)
-        top = max(float(self.popularity.max(initial=0.0)), 1.0)
         popularity = self.popularity[safe].astype(np.float64)
         if upcoming is not None:
             own = (candidates[:, :, None] == np.asarray(upcoming)[:, None, :]).sum(axis=2)
             popularity = np.maximum(popularity - own, 0.0)
-        out[..., _COLUMN["popularity"]] = np.where(held, np.log1p(popularity) / np.log1p(top), 0.0)
+        out[..., _COLUMN["popularity"]] = np.where(
+            held, np.log1p(popularity) / self._log_top_popularity, 0.0
+        )
         uploaded = np.where(held, self.upload_time[safe], np.nan)
         known = np.isfinite(uploaded)
         age_days = np.maximum(np.asarray(moments, np.float64)[:, None] - uploaded, 0.0) / 86_400

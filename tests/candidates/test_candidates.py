@@ -192,3 +192,27 @@ def test_config_names_the_field_to_fix():
         CandidatesConfig(sources=("episodes",))
     with pytest.raises(ConfigError, match=r"candidates\.recency_decay: must be in"):
         CandidatesConfig(recency_decay=0.0)
+
+
+def test_one_request_reads_the_same_counts_as_a_batch():
+    rng = np.random.default_rng(0)
+    g = ItemGraph.from_pairs(rng.integers(2, 300, 5_000), rng.integers(2, 300, 5_000), 300, 20)
+    sources = rng.integers(0, 310, (1, 5))  # padding, OOV and rows past the graph included
+    targets = rng.integers(0, 310, (1, 40))
+    one = g.counts_between(sources, targets)  # a request: each row's own edges
+    batch = g.counts_between(np.repeat(sources, 8, 0), np.repeat(targets, 8, 0))  # all edges
+    np.testing.assert_array_equal(one[0], batch[0])
+    assert one.sum() > 0
+
+
+def test_one_request_gets_the_same_proposals_as_a_batch():
+    rng = np.random.default_rng(1)
+    g = ItemGraph.from_pairs(rng.integers(2, 300, 5_000), rng.integers(2, 300, 5_000), 300, 20)
+    sources = np.concatenate([rng.integers(2, 300, (1, 4)), [[0]]], axis=1)
+    exclude = rng.integers(2, 300, (1, 30))
+    weights = 0.5 ** np.arange(5)
+    one = g.top(sources, weights, 25, exclude)
+    batch = g.top(np.repeat(sources, 3, 0), weights, 25, np.repeat(exclude, 3, 0))
+    np.testing.assert_array_equal(one[0][0], batch[0][0])
+    np.testing.assert_allclose(one[1][0], batch[1][0], rtol=1e-6)
+    assert (one[0] > 0).all()
