@@ -1,5 +1,7 @@
 """The nightly retrain on a small synthetic platform: warm start, gate, idempotence, uploads."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,26 +12,26 @@ from core.lock import JobLock
 from core.schema import Dataset
 from pipelines.data.synthetic import SPAN_START
 from pipelines.jobs.retrain import GATED_OUT, PUBLISHED, retrain_job
-from pipelines.jobs.train import train_job
 from pipelines.serving.events import EventStore, FeedbackEvent
-from tests.tiny import small_platform, tiny_config
+from tests.tiny import SHARED_SPLIT_AT, tiny_config
 
 DAY = 86_400
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Day 0-6 is the base data (bundle A); days 7-9 arrive as events in the store."""
+def world(shared_bundle, tmp_path_factory):
+    """Day 0-6 is the base data (bundle A, the session's shared bundle); days 7-9 arrive as
+    events in the store."""
+    shared, first = shared_bundle
     root = tmp_path_factory.mktemp("retrain")
-    data = small_platform(seed=4, users=300, videos=200, events=9_000)
+    base, everything = shared.base, shared.everything
     config = tiny_config(retrain={"min_window_users": 5})
-    split_at = SPAN_START + 7 * DAY
-    early = data.interactions["timestamp"] < split_at
-    base = Dataset("synthetic", data.interactions.loc[early], data.videos, data.users)
+    shutil.copytree(shared.root / "artifacts", root / "artifacts")
     store = BundleStore(root / "artifacts")
-    first = train_job(base, config, store)
+    assert store.current_id() == first
     events = EventStore(root / "events.db")
-    late = data.interactions.loc[~early]
+    late = everything.interactions.loc[everything.interactions["timestamp"] >= SHARED_SPLIT_AT]
+    assert SHARED_SPLIT_AT == SPAN_START + 7 * DAY  # the cutoffs below count from it
     events.append(
         [
             FeedbackEvent(
@@ -38,7 +40,7 @@ def world(tmp_path_factory):
             for r in late.itertuples()
         ]
     )
-    return root, base, config, store, events, first.bundle_id
+    return root, base, config, store, events, first
 
 
 def test_retrain_publishes_a_warm_started_bundle_and_rerun_is_idempotent(world):
