@@ -29,7 +29,10 @@ class SharedBundle:
     """The session's tiny bundle, trained by a real ``vidrec train`` process in ``root``.
 
     ``root`` holds ``data/`` (`tests.tiny.shared_platform`'s first seven days), ``config.json``
-    (`tests.tiny.SHARED_SECTIONS`) and ``artifacts/`` with the one published bundle.
+    (`tests.tiny.SHARED_SECTIONS`) and ``artifacts/`` with the one published bundle. The
+    process starts as soon as the session knows that a test will need the bundle, and trains on
+    the other core while the tests that do not need it run first (`pytest_collection_modifyitems`
+    below): TensorFlow spends most of a tiny training tracing, in one Python thread.
     """
 
     def __init__(self, root: Path) -> None:
@@ -70,14 +73,37 @@ class SharedBundle:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def shared_bundle():
-    """``(shared bundle, its id)`` once trained: read only, copy what a test changes."""
-    shared = SharedBundle(Path(tempfile.mkdtemp(prefix="vidrec-shared-")))
-    try:
-        yield shared, shared.wait()
-    finally:
+_SHARED = pytest.StashKey[SharedBundle]()
+
+
+def _needs_shared_bundle(item: pytest.Item) -> bool:
+    return "shared_bundle" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselected what will not run
+def pytest_collection_modifyitems(config, items):
+    """Starts training the shared bundle, and runs the modules that need it last."""
+    needing = {item.module for item in items if _needs_shared_bundle(item)}
+    if not needing or config.option.collectonly:
+        return
+    config.stash[_SHARED] = SharedBundle(Path(tempfile.mkdtemp(prefix="vidrec-shared-")))
+    items.sort(key=lambda item: item.module in needing)  # stable: order within kept
+
+
+def pytest_unconfigure(config):
+    shared = config.stash.get(_SHARED, None)
+    if shared is not None:
         shared.close()
+
+
+@pytest.fixture(scope="session")
+def shared_bundle(request) -> tuple[SharedBundle, str]:
+    """``(shared bundle, its id)`` once trained: read only, copy what a test changes."""
+    shared = request.config.stash.get(_SHARED, None)
+    if shared is None:  # collected some other way: train now
+        shared = SharedBundle(Path(tempfile.mkdtemp(prefix="vidrec-shared-")))
+        request.config.stash[_SHARED] = shared
+    return shared, shared.wait()
 
 
 @pytest.fixture(scope="session")
