@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from core.config import SyntheticConfig, VidrecConfig, config_from_dict
@@ -91,8 +92,10 @@ SHARED_SECTIONS = tiny_sections(
 )
 
 
+@functools.cache
 def shared_platform() -> tuple[Dataset, Dataset]:
-    """``(base, everything)``: the shared platform's first seven days, and all ten."""
+    """``(base, everything)``: the shared platform's first seven days, and all ten (one pair
+    for the session: do not modify them)."""
     everything = small_platform(seed=SHARED_SEED, **SHARED_SIZES)
     early = everything.interactions["timestamp"] < SHARED_SPLIT_AT
     base = Dataset(

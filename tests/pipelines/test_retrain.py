@@ -13,7 +13,7 @@ from core.schema import Dataset
 from pipelines.data.synthetic import SPAN_START
 from pipelines.jobs.retrain import GATED_OUT, PUBLISHED, retrain_job
 from pipelines.serving.events import EventStore, FeedbackEvent
-from tests.tiny import SHARED_SPLIT_AT, tiny_config
+from tests.tiny import SHARED_SPLIT_AT, shared_platform, tiny_config
 
 DAY = 86_400
 
@@ -24,9 +24,9 @@ def world(shared_bundle, tmp_path_factory):
     events in the store."""
     shared, first = shared_bundle
     root = tmp_path_factory.mktemp("retrain")
-    base, everything = shared.base, shared.everything
+    base, everything = shared_platform()
     config = tiny_config(retrain={"min_window_users": 5})
-    shutil.copytree(shared.root / "artifacts", root / "artifacts")
+    shutil.copytree(shared / "artifacts", root / "artifacts")
     store = BundleStore(root / "artifacts")
     assert store.current_id() == first
     events = EventStore(root / "events.db")
