@@ -17,6 +17,7 @@ earlier one's, so that the earlier job is selected too.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,18 @@ Prepare = Callable[[Path, Callable[[str], Path]], list[str]]
 JOBS: dict[str, Prepare] = {}
 
 RUNNER = pytest.StashKey["Runner"]()
+
+# Runs its arguments at a lower priority, and on Linux dies with the thread that started it:
+# a session killed by a signal it cannot clean up after (SIGTERM, SIGKILL) leaves no training.
+LAUNCHER = f"""
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit("the test session ended before the job started")
+os.nice({NICENESS})
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def background_job(name: str) -> Callable[[Prepare], Prepare]:
@@ -112,11 +125,13 @@ class Runner:
                 command = JOBS[run.name](run.directory, self._done)
                 with run.log.open("w") as log:
                     run.process = subprocess.Popen(
-                        ["nice", "-n", str(NICENESS), *command],
+                        [sys.executable, "-c", LAUNCHER, str(os.getpid()), *command],
                         cwd=REPO_ROOT,
                         stdout=log,
                         stderr=subprocess.STDOUT,
                     )
+                if self._stopping.is_set():  # `close` ran meanwhile and did not see it
+                    run.process.kill()
                 run.returncode = run.process.wait()
             except Exception as error:  # reported by `outcome`
                 run.error = f"{type(error).__name__}: {error}"
