@@ -31,3 +31,17 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA_DIR.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA_DIR} (MovieLens lives outside the repo)")
     return SHARED_DATA_DIR
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselected what will not run
+def pytest_collection_modifyitems(config, items):
+    """Starts the background jobs the selected tests need (tests/background.py)."""
+    from tests import background
+
+    background.start(config, items)
+
+
+def pytest_unconfigure(config):
+    from tests import background
+
+    background.stop(config)

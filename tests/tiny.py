@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from core.config import SyntheticConfig, VidrecConfig, config_from_dict
 from core.schema import Dataset
-from pipelines.data.synthetic import generate_platform
+from pipelines.data.synthetic import SPAN_START, generate_platform
 
 TINY_SECTIONS: dict[str, dict[str, Any]] = {
     "features": {"history_length": 10, "max_tokens": 8},
@@ -71,3 +72,33 @@ def small_platform(
             seed=seed,
         )
     )
+
+
+# The session's shared platform (tests/pipelines/conftest.py): one tiny bundle, trained once by a
+# real `vidrec train` on days 0-6, serves the serving tests, is copied by the CLI tests and is
+# the serving bundle the nightly retrain (tests/pipelines/test_retrain.py) starts from, with
+# days 7-9 arriving as events in the store. Its size is the retrain test's: on less data the
+# tiny models learn little more than popularity, and a model trained on shuffled labels is no
+# longer clearly worse than the serving one.
+SHARED_SEED = 4
+SHARED_SIZES = {"users": 300, "videos": 200, "events": 9_000}
+SHARED_SPLIT_AT = SPAN_START + 7 * 86_400
+# The shared bundle's configuration: the tiny models, and plain TensorFlow on the request path
+# (a LiteRT load costs ~12 s: a child process that imports TensorFlow and converts both models;
+# the runtimes agree to 1e-5 (tests/ranking, tests/retrieval), test_serve compares a LiteRT
+# service with this one, and every test of a real `vidrec serve` process runs LiteRT).
+SHARED_SECTIONS = tiny_sections(
+    serving={"max_request_history": 30, "request_runtime": "graph", **SMALL_BODIES}
+)
+
+
+@functools.cache
+def shared_platform() -> tuple[Dataset, Dataset]:
+    """``(base, everything)``: the shared platform's first seven days, and all ten (one pair
+    for the session: do not modify them)."""
+    everything = small_platform(seed=SHARED_SEED, **SHARED_SIZES)
+    early = everything.interactions["timestamp"] < SHARED_SPLIT_AT
+    base = Dataset(
+        everything.name, everything.interactions.loc[early], everything.videos, everything.users
+    )
+    return base, everything

@@ -1,68 +1,76 @@
-"""Fixtures shared by the serving tests: one tiny trained bundle for the whole session, and the
-event store on either backend (a throwaway PostgreSQL server for the session)."""
+"""Fixtures shared by the pipeline tests: one tiny trained bundle for the whole session (serving,
+CLI and retrain tests), and the event store on either backend (a throwaway PostgreSQL server for
+the session)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from core.bundle import BundleStore
-from pipelines.jobs.train import train_job
+from core.config import VidrecConfig, config_from_dict
+from tests.background import background_job, outcome, vidrec
 from tests.pg_cluster import Cluster, ClusterError
 from tests.stores import POSTGRESQL, SQLITE, StoreBackend
-from tests.tiny import SMALL_BODIES, small_platform, tiny_config, tiny_sections
+from tests.tiny import SHARED_SECTIONS, shared_platform
+
+
+@background_job("shared_bundle")
+def _train_shared_bundle(directory: Path, done) -> list[str]:
+    """``data/`` (`tests.tiny.shared_platform`'s first seven days), ``config.json``
+    (`tests.tiny.SHARED_SECTIONS`), and a real ``vidrec train`` to publish one bundle in
+    ``artifacts/``."""
+    from pipelines.data.datasets import write_dataset
+
+    base, _ = shared_platform()
+    write_dataset(base, directory / "data")
+    (directory / "config.json").write_text(json.dumps(SHARED_SECTIONS))
+    return vidrec(
+        "train", "--data", directory / "data", "--artifacts", directory / "artifacts",
+        "--config", directory / "config.json",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def serving_platform(tmp_path_factory):
-    """``(data, config, root, bundle_id)``: a published tiny bundle under ``root/artifacts``.
+def shared_bundle(request) -> tuple[Path, str]:
+    """``(directory, bundle id)`` of the session's tiny bundle, trained in the background
+    (tests/background.py) by ``vidrec train`` on days 0-6 of `tests.tiny.shared_platform`: the
+    directory holds ``data/``, ``config.json`` and ``artifacts/``. Read only: copy what a test
+    changes."""
+    run = outcome(request, "shared_bundle")
+    if run.returncode != 0:
+        pytest.fail(f"`vidrec train` of the shared bundle exited {run.returncode}:\n{run.output()}")
+    bundle_id = BundleStore(run.directory / "artifacts").current_id()
+    assert bundle_id is not None
+    return run.directory, bundle_id
+
+
+@pytest.fixture(scope="session")
+def serving_platform(shared_bundle, tmp_path_factory):
+    """``(data, config, root, bundle_id)``: a published tiny bundle under ``root/artifacts``,
+    trained on ``data`` (days 0-6 of the shared platform).
 
     Tests may publish other bundles beside it but must point ``CURRENT`` back at it.
     """
+    shared, bundle_id = shared_bundle
     root = tmp_path_factory.mktemp("serving")
-    data = small_platform(seed=1)
-    # Plain TensorFlow on the request path: a LiteRT load costs ~12 s (a child process that
-    # imports TensorFlow and converts both models) and these tests load many services. The
-    # runtimes agree to 1e-5 (tests/ranking, tests/retrieval), test_serve compares a LiteRT
-    # service with this one, and every test of a real `vidrec serve` process runs LiteRT.
-    config = tiny_config(
-        serving={"max_request_history": 30, "request_runtime": "graph", **SMALL_BODIES}
-    )
-    result = train_job(data, config, BundleStore(root / "artifacts"))
-    return data, config, root, result.bundle_id
-
-
-@pytest.fixture(scope="session")
-def cli_workspace_template(tmp_path_factory):
-    """A directory with ``data/`` (``vidrec generate``), ``config.json`` and ``artifacts/`` holding
-    one bundle published by ``vidrec train``: trained once, copied by `cli_workspace`."""
-    from pipelines.cli.main import main
-
-    root = tmp_path_factory.mktemp("cli-template")
-    (root / "config.json").write_text(
-        json.dumps(
-            tiny_sections(
-                retrieval={"batch_size": 64, "max_epochs": 1, "patience": 1},
-                ranking={"batch_size": 128, "max_examples": 1000},
-            )
-        )
-    )
-    generate = ["generate", "--out", str(root / "data"), "--users", "200", "--videos", "150"]
-    assert main([*generate, "--events", "4000", "--days", "10", "--seed", "1"]) == 0
-    train = ["train", "--data", str(root / "data"), "--artifacts", str(root / "artifacts")]
-    assert main([*train, "--config", str(root / "config.json")]) == 0
-    return root
+    shutil.copytree(shared / "artifacts", root / "artifacts")
+    base, _ = shared_platform()
+    return base, config_from_dict(VidrecConfig, SHARED_SECTIONS), root, bundle_id
 
 
 @pytest.fixture(scope="module")
-def cli_workspace(cli_workspace_template, tmp_path_factory):
-    """A private copy of `cli_workspace_template` per test module (tests add bundles to it)."""
+def cli_workspace(shared_bundle, tmp_path_factory):
+    """A private copy per test module (tests add bundles to it) of a directory with ``data/``,
+    ``config.json`` and ``artifacts/`` holding one bundle published by ``vidrec train``."""
+    shared, _ = shared_bundle
     root = tmp_path_factory.mktemp("cli") / "workspace"
-    shutil.copytree(cli_workspace_template, root)
+    shutil.copytree(shared, root)
     return root
 
 

@@ -22,7 +22,7 @@ NEW_VIDEO_ID = 987_654_321
 
 @pytest.fixture()
 def workspace(cli_workspace):
-    """A synthetic platform of 150 videos and a trained, published bundle."""
+    """A synthetic platform of 200 videos and a trained, published bundle."""
     return cli_workspace
 
 
@@ -50,7 +50,7 @@ def test_train_publishes_a_bundle_with_a_loadable_index(workspace):
     store = _store(workspace)
     bundle = load_bundle(store.path(store.current_id()))
     catalogue = bundle.retrieval.video_ids
-    assert len(catalogue) == 150
+    assert len(catalogue) == 200
     assert bundle.index.kind == "flat" and bundle.index.dim == 16
     assert np.array_equal(np.sort(bundle.index.ids()), np.sort(catalogue))
     assert {
@@ -64,7 +64,7 @@ def test_train_publishes_a_bundle_with_a_loadable_index(workspace):
     assert report["query_source"] == "validation_histories"
     assert report["verification"]["at_k"] == 1.0  # exact index
     assert report["verification"]["queries"] > 0 and report["tuning"]["queries"] > 0
-    assert bundle.manifest.counts["indexed_videos"] == 150
+    assert bundle.manifest.counts["indexed_videos"] == 200
 
     retrieval = bundle.retrieval
     history = catalogue[:5]
@@ -93,7 +93,7 @@ def test_build_index_without_data_publishes_a_child_bundle(workspace, capsys):
     assert {n: d for n, d in manifest.files.items() if n not in rebuilt} == {
         n: d for n, d in source.files.items() if n not in rebuilt
     }
-    assert load_bundle(store.path(child), ranker=False).index.count == 150
+    assert load_bundle(store.path(child), ranker=False).index.count == 200
 
 
 def test_build_index_adds_new_uploads_and_publishes_only_when_asked(workspace):
@@ -113,10 +113,10 @@ def test_build_index_adds_new_uploads_and_publishes_only_when_asked(workspace):
     new_id = store.bundle_ids()[-1]
     bundle = load_bundle(store.path(new_id), ranker=False)
     assert bundle.manifest.parent == current
-    assert bundle.manifest.counts["videos"] == 151
+    assert bundle.manifest.counts["videos"] == 201
     assert bundle.manifest.data["catalogue"] == {
         "name": dataset.name,
-        "videos": 151,
+        "videos": 201,
         "added_videos": 1,
     }
     assert bundle.manifest.metrics["index"]["query_source"] == "user_histories"
@@ -127,9 +127,9 @@ def test_build_index_adds_new_uploads_and_publishes_only_when_asked(workspace):
     # The old videos keep their rows and (same towers, same metadata) their embeddings, up to
     # float rounding (TensorFlow's kernels block a batch of another size differently).
     parent = load_bundle(store.path(current), ranker=False)
-    assert np.array_equal(bundle.retrieval.video_ids[:150], parent.retrieval.video_ids)
+    assert np.array_equal(bundle.retrieval.video_ids[:200], parent.retrieval.video_ids)
     np.testing.assert_allclose(
-        bundle.retrieval.video_embeddings[:150], parent.retrieval.video_embeddings, atol=1e-6
+        bundle.retrieval.video_embeddings[:200], parent.retrieval.video_embeddings, atol=1e-6
     )
 
 
@@ -181,7 +181,7 @@ def test_loader_refuses_an_index_missing_a_catalogue_video(workspace, tmp_path):
     _remanifest(bundle_dir)
     with pytest.raises(
         BundleError,
-        match=rf"does not hold exactly the catalogue's videos \(149 indexed, 150 in the "
+        match=rf"does not hold exactly the catalogue's videos \(199 indexed, 200 in the "
         rf"catalogue; 1 missing, e\.g\. \[{ids[0]}\]; 0 not in the catalogue",
     ):
         load_bundle(bundle_dir)

@@ -69,7 +69,7 @@ def test_evaluate_prints_a_table_and_writes_json(workspace, capsys):
     rows = result["rows"]
     for name in sources:
         assert 0.0 <= rows[name]["hr@10"] <= rows[name]["recall@60"] <= 1.0
-    assert result["num_cases"] == 200
+    assert result["num_cases"] == 275  # users with an event to hold out in days 0-6
     assert 0.0 <= result["rows"]["two_tower"]["ndcg@10"] <= 1.0
 
 
