@@ -80,8 +80,10 @@ def _retrain_on_shuffled_labels(directory, done):
     shared = done("shared_bundle")
     shutil.copytree(shared / "artifacts", directory / "artifacts")
     base, _ = shared_platform()
-    # Everything before the window has its videos shuffled among events; the window (day 8)
-    # stays real, so the gate compares the two pipelines on real behaviour.
+    # Everything before the window watches videos drawn uniformly from the catalogue (no
+    # sequence, no popularity: a permutation keeps popularity, and the item-to-item sources'
+    # orders learn it as well as the tiny serving bundle does); the window (day 8) stays real,
+    # so the gate compares the two pipelines on real behaviour.
     events = store_late_events(directory / "late.db")
     stored = events.interactions()[base.interactions.columns]
     events.close()
@@ -89,7 +91,8 @@ def _retrain_on_shuffled_labels(directory, done):
     everything = everything.loc[everything["timestamp"] < SPAN_START + 9 * DAY]
     before_window = (everything["timestamp"] < SPAN_START + 8 * DAY).to_numpy()
     videos = everything["video_id"].to_numpy().copy()
-    videos[before_window] = np.random.default_rng(0).permutation(videos[before_window])
+    catalogue = base.videos["video_id"].to_numpy()
+    videos[before_window] = np.random.default_rng(0).choice(catalogue, int(before_window.sum()))
     shuffled = everything.assign(video_id=videos).drop_duplicates(
         ["user_id", "video_id", "timestamp"]
     )
