@@ -245,6 +245,7 @@ class RankingConfig(TrainingConfig):
             engagement``; 0 ranks by the probability of being watched next alone.
         engagement_loss_weight: Weight of the engagement head's loss beside the watch head's.
         max_examples: Most recent training examples kept (bounds memory and time).
+        examples_per_user: Each user's latest training examples kept (0: all of them).
     """
 
     dim: int = 32
@@ -259,6 +260,7 @@ class RankingConfig(TrainingConfig):
     engagement_weight: float = 0.2
     engagement_loss_weight: float = 0.5
     max_examples: int = 1_000_000
+    examples_per_user: int = 0
     batch_size: int = 256
     max_epochs: int = 50
     patience: int = 3
@@ -289,7 +291,12 @@ class RankingConfig(TrainingConfig):
             f"{f}.hard_negatives",
             "negative counts must be >= 0",
         )
-        minimums = {"engagement_weight": 0, "engagement_loss_weight": 0, "max_examples": 1}
+        minimums = {
+            "engagement_weight": 0,
+            "engagement_loss_weight": 0,
+            "max_examples": 1,
+            "examples_per_user": 0,
+        }
         require_at_least(self, f, minimums)
         self._check_training(f, min_batch_size=1)
 

@@ -136,6 +136,7 @@ def next_watch_examples(
     length: int,
     max_examples: int | None = None,
     min_history: int = 1,
+    per_user: int | None = None,
 ) -> NextWatchExamples:
     """Every event with at least ``min_history`` earlier events of its user, as an example.
 
@@ -144,6 +145,7 @@ def next_watch_examples(
         length: History columns (the most recent ``length`` earlier events).
         max_examples: Keep only the most recent this many examples (by timestamp).
         min_history: Earlier events an example needs.
+        per_user: Keep only each user's latest this many examples (before ``max_examples``).
 
     Returns:
         The examples, ordered by user then time.
@@ -157,6 +159,9 @@ def next_watch_examples(
     user_start = np.repeat(starts, counts)
     events = np.arange(len(users), dtype=np.int64)
     keep = events - user_start >= min_history
+    if per_user is not None:
+        user_stop = np.repeat(starts + counts, counts)
+        keep &= user_stop - events <= per_user
     if not keep.any():
         raise DataError(f"no event has {min_history} earlier event(s) of its user to learn from")
     targets = events[keep]

@@ -150,7 +150,10 @@ def training_lists(
     rng = np.random.default_rng(config.seed)
     retrieve = retrieve or exact_retriever(catalogue)
     examples = next_watch_examples(
-        interactions, features.config.history_length, max_examples=config.max_examples
+        interactions,
+        features.config.history_length,
+        max_examples=config.max_examples,
+        per_user=config.examples_per_user or None,
     )
     event_rows = features.video_vocab.lookup(interactions["video_id"].to_numpy(np.int64))
     stamps = interactions["timestamp"].to_numpy(np.int64)

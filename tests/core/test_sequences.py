@@ -68,3 +68,14 @@ def test_next_watch_examples_hold_only_earlier_events_of_the_same_user():
     assert histories == [[-1, 10], [10, 11], [11, 12], [-1, 20]]
     recent = next_watch_examples(interactions, length=2, max_examples=2)
     assert [videos[t] for t in recent.target_events] == [12, 13]  # timestamps 2 and 3
+
+
+def test_next_watch_examples_keep_each_users_latest_when_asked():
+    from core.sequences import next_watch_examples
+
+    _, interactions = _space_and_data({1: [10, 11, 12, 13], 2: [20, 21]})
+    videos = interactions["video_id"].to_numpy()
+    latest = next_watch_examples(interactions, length=3, per_user=2)
+    assert [videos[t] for t in latest.target_events] == [12, 13, 21]
+    # The histories still reach back before the kept examples.
+    assert latest.gather(videos, fill=-1).tolist() == [[-1, 10, 11], [10, 11, 12], [-1, -1, 20]]
