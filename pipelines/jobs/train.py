@@ -44,6 +44,7 @@ from pipelines.jobs.index_queries import validation_queries
 from pipelines.jobs.optimizers import sparse_aware
 from pipelines.jobs.ranking_data import Retriever, case_lists, list_scores, training_lists
 from pipelines.jobs.weights import save_weights
+from pipelines.serving.metadata import METADATA_FILE, write_video_metadata
 from pipelines.serving.state import build_serving_state
 from ranking.inputs import CandidateLists
 from ranking.train import TrainedRanker, list_metrics, train_ranker
@@ -321,6 +322,7 @@ def write_bundle(
         build_serving_state(
             dataset, stages.features, config.serving.popularity_days, events_until_id
         ).save(path / "serving")
+        write_video_metadata(dataset.videos, path / "serving" / METADATA_FILE)
         if extra_reports is not None:
             extra_reports(path / "reports")
         bundle_dir = staged.commit(
