@@ -31,7 +31,7 @@ from core.schema import Dataset
 from core.splits import EvalCases, leave_one_out
 from core.vocab import FIRST_ID_ROW
 from index import VideoIndex
-from pipelines import artifacts
+from pipelines import artifacts, tensorboard
 from pipelines.jobs import index_stage
 from pipelines.jobs.distribute import (
     barrier,
@@ -323,6 +323,7 @@ def write_bundle(
             dataset, stages.features, config.serving.popularity_days, events_until_id
         ).save(path / "serving")
         write_video_metadata(dataset.videos, path / "serving" / METADATA_FILE)
+        write_tensorboard(path, stages, config, dataset, metrics)
         if extra_reports is not None:
             extra_reports(path / "reports")
         bundle_dir = staged.commit(
@@ -337,6 +338,35 @@ def write_bundle(
             metrics={**metrics, "index": stages.index.summary, "stage_gate": stages.gate},
         )
         return staged.bundle_id, bundle_dir
+
+
+def write_tensorboard(
+    bundle_dir: Path,
+    stages: TrainedStages,
+    config: VidrecConfig,
+    dataset: Dataset,
+    metrics: dict[str, Any],
+) -> None:
+    """The bundle's TensorBoard runs (`pipelines.tensorboard`): both stages' epochs, the
+    index's tuning, the retrain gate when ``metrics`` holds one, the video embeddings."""
+    for stage, history, section in (
+        ("retrieval", stages.retrieval.history, config.retrieval),
+        ("ranking", stages.ranker.history, config.ranking),
+    ):
+        tensorboard.write_training(
+            bundle_dir, stage, history, section.learning_rate, section.max_train_seconds
+        )
+    tensorboard.write_index(bundle_dir, stages.index.summary, stages.index.index.report)
+    gate = metrics.get("gate")
+    if isinstance(gate, dict) and "new" in gate:
+        tensorboard.write_gate(bundle_dir, gate)
+    tensorboard.write_projector(
+        bundle_dir,
+        stages.catalogue[FIRST_ID_ROW:],
+        stages.features.video_vocab.ids,
+        dataset.videos,
+        seed=config.index.seed,
+    )
 
 
 def train_job(

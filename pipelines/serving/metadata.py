@@ -45,6 +45,29 @@ def write_video_metadata(videos: pd.DataFrame, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def merge_video_metadata(source: str | Path, videos: pd.DataFrame, target: str | Path) -> None:
+    """Writes ``source``'s titles updated by ``videos`` (a grown catalogue) to ``target``.
+
+    Args:
+        source: The source bundle's file (absent for a bundle from before it).
+        videos: A validated videos table; its rows win.
+        target: The new bundle's file.
+    """
+    fresh = videos[["video_id", "title", "categories"]]
+    if Path(source).exists():
+        old = pd.read_parquet(source)
+        old = old[~old["video_id"].isin(fresh["video_id"])]
+        fresh = pd.concat([old, fresh], ignore_index=True)
+    write_video_metadata(fresh, target)
+
+
+def read_video_metadata(path: str | Path) -> pd.DataFrame:
+    """What `write_video_metadata` wrote (an empty table when the file is absent)."""
+    if not Path(path).exists():
+        return pd.DataFrame({"video_id": [], "title": [], "categories": []})
+    return pd.read_parquet(path)
+
+
 class VideoMetadata:
     """Title and categories by video id; thread-safe (uploads write while requests read).
 
