@@ -122,7 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     with lock:
         dataset = _load_data(args)
         result = train_job(
-            dataset, config, BundleStore(args.artifacts), publish=not args.no_publish, progress=True
+            dataset,
+            config,
+            BundleStore(args.artifacts),
+            publish=not args.no_publish,
+            progress=not args.quiet,
         )
     if not result.bundle_id:
         print(f"{describe_task()}: training done; the chief wrote the bundle")
@@ -167,7 +171,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     logger.info("event store: %s (%s)", events.location, events.backend)
     try:
         result = retrain_job(
-            dataset, events, BundleStore(args.artifacts), config, cutoff, progress=True
+            dataset, events, BundleStore(args.artifacts), config, cutoff, progress=not args.quiet
         )
     finally:
         events.close()
@@ -205,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"no bundle to evaluate under {args.artifacts}: run `vidrec train` first, pass "
             "--bundle DIR, or --baselines-only"
         )
-    result = evaluate_dataset(dataset, evaluation, bundle_dir)
+    result = evaluate_dataset(dataset, evaluation, bundle_dir, progress=not args.quiet)
     print(format_table(result))
     out = Path(args.out) if args.out else Path(args.artifacts) / "reports" / "evaluation.json"
     write_result(result, out)
@@ -231,7 +235,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
             dataset=_load_data(args) if args.data else None,  # not kept here: the job frees it
             config_override=override,
             publish=not args.no_publish,
-            progress=True,
+            progress=not args.quiet,
         )
     index = result.index
     print(
@@ -587,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vidrec", description="Video recommender: two-tower retrieval, Faiss, MHA ranker."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress reports (a line redrawn on a terminal, a log line every 15 s otherwise)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="write a synthetic video platform")

@@ -217,6 +217,7 @@ def train_stages(
         initial_weights=initial_weights.get("retrieval"),
         consensus=consensus,
         make_optimizer=_optimizer_factory(config.retrieval),
+        progress=progress,
     )
     seconds["train_retrieval"] = time.perf_counter() - started
 
@@ -242,6 +243,7 @@ def train_stages(
         sources,
         # A flat index is exact search: numpy does it for a whole batch of examples at once.
         retrieve=None if index.index.kind == "flat" else index_retriever(index.index, features),
+        progress=progress,
     )
     sample = np.random.default_rng(config.ranking.seed).permutation(len(validation))
     validation_lists, _ = case_lists(
@@ -265,6 +267,7 @@ def train_stages(
         initial_weights=initial_weights.get("ranking"),
         consensus=consensus,
         make_optimizer=_optimizer_factory(config.ranking),
+        progress=progress,
     )
     seconds["train_ranker"] = time.perf_counter() - started
     gate = gate or stage_gate(validation_lists, ranker, sources)
