@@ -18,6 +18,7 @@ Written into the staged bundle before it is committed: they are checksummed like
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from core.errors import BundleError
 from core.io import atomic_write_text
 from core.training import TrainingHistory
 
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "reports/tensorboard"
 PROJECTOR_RUN = "projector"
+DEFAULT_PORT = 6006
 PROJECTOR_SAMPLE = 5_000  # TensorBoard's projector stays responsive up to a few thousand points
 PROJECTOR_TENSOR = "video_embeddings"
 # tf.train.Checkpoint's name for the variable below, which the projector config must name.
@@ -166,6 +169,18 @@ def _tsv(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def logdir(bundle_dir: Path) -> Path:
-    """The ``--logdir`` of a bundle's event files."""
-    return bundle_dir / TENSORBOARD_DIR
+def command(bundle_dir: Path, port: int = DEFAULT_PORT) -> list[str]:
+    """The ``tensorboard --logdir`` line of a bundle's event files (this environment's
+    ``tensorboard``).
+
+    Raises:
+        BundleError: The bundle has no event files (built before they were written).
+    """
+    logdir = bundle_dir / TENSORBOARD_DIR
+    if not logdir.is_dir():
+        raise BundleError(
+            f"{bundle_dir} has no TensorBoard event files ({TENSORBOARD_DIR}/): it was built "
+            "before they were written; train, retrain or build-index writes them"
+        )
+    executable = Path(sys.executable).with_name("tensorboard")
+    return [str(executable), "--logdir", str(logdir.resolve()), "--port", str(port)]

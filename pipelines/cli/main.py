@@ -509,38 +509,27 @@ def _startup_error(what: str) -> ConfigError:
     return ConfigError(f"the HTTP server could not start: {what}; the reason is in the log above")
 
 
-def tensorboard_command(artifacts: str | Path, bundle: str | None, port: int) -> list[str]:
-    """The ``tensorboard --logdir`` line of a bundle (by id or directory; default CURRENT).
-
-    Raises:
-        BundleError: No such bundle, none serving, or one without event files.
-    """
+def _tensorboard_bundle(artifacts: str, bundle: str | None) -> Path:
+    """A bundle by id or directory, the serving one by default."""
     from core.bundle import BundleStore
     from core.errors import BundleError
 
-    store = BundleStore(artifacts)
     if bundle is not None and Path(bundle).is_dir():
-        directory = Path(bundle)
-    else:
-        bundle_id = bundle or store.current_id()
-        if bundle_id is None:
-            raise BundleError(f"no serving bundle under {artifacts}: pass --bundle ID")
-        directory = store.path(bundle_id)
-    logdir = directory / "reports" / "tensorboard"
-    if not logdir.is_dir():
-        raise BundleError(
-            f"{directory} has no TensorBoard event files (reports/tensorboard/): it was built "
-            "before they were written; train, retrain or build-index writes them"
-        )
-    executable = Path(sys.executable).with_name("tensorboard")
-    return [str(executable), "--logdir", str(logdir.resolve()), "--port", str(port)]
+        return Path(bundle)
+    store = BundleStore(artifacts)
+    bundle_id = bundle or store.current_id()
+    if bundle_id is None:
+        raise BundleError(f"no serving bundle under {artifacts}: pass --bundle ID")
+    return store.path(bundle_id)
 
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    command = tensorboard_command(args.artifacts, args.bundle, args.port)
+    from pipelines import tensorboard
+
+    command = tensorboard.command(_tensorboard_bundle(args.artifacts, args.bundle), args.port)
     print(shlex.join(command), flush=True)
     if not args.print_only:
         # Replaced, not spawned: Ctrl-C and a service manager's signals reach TensorBoard
@@ -691,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument("--artifacts", default="artifacts", help="bundle store root")
     board.add_argument("--bundle", help="bundle id or directory (default: the serving one)")
-    board.add_argument("--port", type=int, default=6006, help="TensorBoard's port")
+    board.add_argument("--port", type=int, default=6006, help="TensorBoard's port (6006)")
     board.add_argument(
         "--print-only", action="store_true", help="print the tensorboard command, do not run it"
     )

@@ -155,3 +155,25 @@ def test_cli_prints_the_tensorboard_line(shared_bundle, tmp_path):
     )  # fmt: skip
     assert refused.returncode == 2
     assert "has no TensorBoard event files" in refused.stderr
+
+
+def test_demo_says_how_to_serve_inspect_and_open_tensorboard(shared_bundle, tmp_path):
+    from core.bundle import BundleStore
+    from core.config import ServingConfig
+    from pipelines.jobs.demo import next_steps
+
+    directory, bundle_id = shared_bundle
+    store = BundleStore(directory / "artifacts")
+    bundle_dir = store.path(bundle_id)
+    text = next_steps(tmp_path, store, bundle_dir, ServingConfig(port=8123), user_id=7)
+    bin_dir = Path(sys.executable).parent
+    logdir = (bundle_dir / "reports" / "tensorboard").resolve()
+    assert text.splitlines() == [
+        "next: serve the bundle and look inside it",
+        f"      {bin_dir}/vidrec serve --artifacts {store.root} --events {tmp_path}/events.db "
+        "--port 8123",
+        "      inspector: http://127.0.0.1:8123/ui (try user 7; the Bundle tab has the metrics "
+        "and training curves)",
+        f"      TensorBoard: {bin_dir}/tensorboard --logdir {logdir} --port 6006",
+        "      (then http://localhost:6006/)",
+    ]
