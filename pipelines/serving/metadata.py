@@ -77,6 +77,7 @@ class VideoMetadata:
 
     def __init__(self, titles: dict[int, tuple[str, tuple[str, ...]]] | None = None) -> None:
         self._titles = dict(titles or {})
+        self._folded: list[tuple[int, str]] | None = None  # (id, case-folded title), by id
         self._lock = threading.Lock()
 
     @classmethod
@@ -113,6 +114,7 @@ class VideoMetadata:
         }
         with self._lock:
             self._titles.update(rows)
+            self._folded = None
 
     def describe(self, video_id: int) -> dict[str, Any]:
         """``{"video_id", "title", "categories", "known"}``; unknown ids have empty text."""
@@ -136,11 +138,12 @@ class VideoMetadata:
         words = query.casefold().split()
         blocked = set(hidden)
         with self._lock:
-            items = list(self._titles.items())
+            if self._folded is None:  # once per bundle and upload batch, not per query
+                self._folded = sorted((v, t.casefold()) for v, (t, _) in self._titles.items())
+            folded = self._folded
         found = []
-        for video_id, (title, _) in sorted(items):
-            folded = title.casefold()
-            if video_id not in blocked and all(word in folded for word in words):
+        for video_id, title in folded:
+            if video_id not in blocked and all(word in title for word in words):
                 found.append(self.describe(video_id))
                 if len(found) == limit:
                     break

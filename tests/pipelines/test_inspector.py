@@ -20,7 +20,7 @@ from pipelines.serve import RecommenderService
 from pipelines.serving.app import create_app
 from pipelines.serving.auth import KeyRing
 from pipelines.serving.events import EventStore
-from tests.tiny import KEY_ENV
+from tests.tiny import ADMIN_KEY, KEY_ENV
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; `make chromium` installs it
 K = 6
@@ -259,3 +259,33 @@ def test_page_and_reports_are_locked_to_this_server(server):
         assert absent.json()["error"] == (
             "no report 'manifest.json' in the serving bundle; GET /bundle lists them"
         )
+
+
+def test_search_and_titles_follow_uploads_and_takedowns(server):
+    url, _, _ = server
+    admin = {"X-API-Key": ADMIN_KEY}
+    new_id = 987_654
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/videos/search", params={"q": "zyzzyva"}).json()["videos"] == []
+        upload = {"video_id": new_id, "title": "The Zyzzyva weevil", "categories": ["nature"]}
+        assert client.post("/videos", json=upload, headers=admin).status_code == 200
+        expected = {
+            "video_id": new_id,
+            "title": "The Zyzzyva weevil",
+            "categories": ["nature"],
+            "known": True,
+            "servable": True,
+        }
+        found = client.get("/videos/search", params={"q": "WEEVIL zyzzyva"}).json()["videos"]
+        assert found == [expected]
+        assert client.get("/videos", params={"id": new_id}).json()["videos"] == [expected]
+        assert client.delete(f"/videos/{new_id}", headers=admin).status_code == 200
+        assert client.get("/videos/search", params={"q": "zyzzyva"}).json()["videos"] == []
+        gone = client.get("/videos", params={"id": new_id}).json()["videos"][0]
+        assert (gone["known"], gone["servable"]) == (True, False)
+        blank = client.get("/videos/search", params={"q": "   "})
+        assert blank.status_code == 422
+        assert blank.json() == {"error": "q is blank: send at least one word of a title"}
+        too_many = client.get("/videos", params={"id": list(range(501))})
+        assert too_many.status_code == 422
+        assert "id" in too_many.json()["error"]
