@@ -154,6 +154,12 @@ def write_projector(
     atomic_write_text(directory / "metadata.tsv", "\n".join(lines) + "\n")
     variable = tf.Variable(np.asarray(embeddings[chosen], dtype=np.float32))
     tf.train.Checkpoint(**{PROJECTOR_TENSOR: variable}).save(str(directory / "embeddings.ckpt"))
+    # An event file makes the directory a run: TensorBoard's projector reads the configs of
+    # runs (and of the log directory itself), not of any directory below it.
+    writer = tf.summary.create_file_writer(str(directory))
+    with writer.as_default():
+        tf.summary.text("sample", f"{len(chosen)} of {len(video_ids)} videos (seed {seed})", step=0)
+    writer.close()
     atomic_write_text(
         directory / "projector_config.pbtxt",
         "embeddings {\n"

@@ -72,6 +72,8 @@ def test_train_writes_both_stages_the_index_and_the_projector(shared_bundle):
     row = metadata.iloc[0]
     assert row["title"] == titles.at[row["video_id"], "title"]
     assert row["categories"] == ", ".join(titles.at[row["video_id"], "categories"])
+    # An event file makes the directory a run, which is where the projector looks.
+    assert len(list(projector.glob("events.out.tfevents.*"))) == 1
     config_text = (projector / "projector_config.pbtxt").read_text()
     assert 'metadata_path: "metadata.tsv"' in config_text
     # The checkpoint holds the bundle's embeddings of those very videos, in that order.
