@@ -2,7 +2,6 @@
 the figures the jobs record (training histories, the index summary, the gate record)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -136,27 +135,26 @@ def test_projector_samples_large_catalogues(tmp_path):
     np.testing.assert_array_equal(stored, embeddings[metadata["video_id"].to_numpy() - 10])
 
 
-def test_cli_prints_the_tensorboard_line(shared_bundle, tmp_path):
+def test_cli_prints_the_tensorboard_line(shared_bundle, tmp_path, capsys):
+    from pipelines.cli import main
+
     directory, bundle_id = shared_bundle
     artifacts = directory / "artifacts"
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "tensorboard", "--artifacts", str(artifacts),
-         "--print-only", "--port", "6123"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    # In-process: --print-only never starts TensorBoard, and a subprocess costs a TF import.
+    assert (
+        main(["tensorboard", "--artifacts", str(artifacts), "--print-only", "--port", "6123"]) == 0
+    )
     logdir = (artifacts / "bundles" / bundle_id / "reports" / "tensorboard").resolve()
     executable = Path(sys.executable).with_name("tensorboard")
-    assert done.stdout.strip() == f"{executable} --logdir {logdir} --port 6123"
+    assert capsys.readouterr().out.strip() == f"{executable} --logdir {logdir} --port 6123"
     empty = tmp_path / "old-bundle"
     empty.mkdir()
-    refused = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "tensorboard", "--bundle", str(empty),
-         "--print-only"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert refused.returncode == 2
-    assert "has no TensorBoard event files" in refused.stderr
+    assert main(["tensorboard", "--bundle", str(empty), "--print-only"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vidrec tensorboard: error: {empty} has no TensorBoard event files "
+        "(reports/tensorboard/): it was built before they were written; train, retrain or "
+        "build-index writes them"
+    )
 
 
 def test_demo_says_how_to_serve_inspect_and_open_tensorboard(shared_bundle, tmp_path):
