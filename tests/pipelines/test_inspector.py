@@ -152,6 +152,8 @@ def test_user_view_renders_the_api_answer(server, browser, tmp_path):
             pixel,
             expected,
         )
+    legend = page.locator("#heat-cols li").all_text_contents()
+    assert legend == [titles[v] for v in shown["attention"]["history"]]
     r, c = 1, cols - 2
     canvas.hover(position={"x": c * CELL_W + CELL_W / 2, "y": r * CELL_H + CELL_H / 2})
     tip = page.locator("#heat-tip")

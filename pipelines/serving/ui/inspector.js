@@ -199,6 +199,14 @@ function drawHeatmap(items, attention) {
       context.fillRect(c * CELL_W, r * CELL_H, CELL_W - 1, CELL_H - 1);
     }
   }
+  const legend = $("heat-cols");
+  legend.replaceChildren();
+  for (const watched of attention.history) {
+    const item = document.createElement("li");
+    item.textContent = title(watched);
+    item.dataset.videoId = String(watched);
+    legend.appendChild(item);
+  }
   const tip = $("heat-tip");
   canvas.onmousemove = (event) => {
     const box = canvas.getBoundingClientRect();
