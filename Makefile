@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 ANN_VENV := .venv-ann
 
-.PHONY: demo test postgres lint bench-quality bench-ann bench-build bench-events clean
+.PHONY: demo test postgres chromium lint bench-quality bench-ann bench-build bench-events clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vidrec demo --workdir artifacts/demo
 
-test: $(STAMP) postgres
+test: $(STAMP) postgres chromium
 	$(BIN)/python -m pytest -q
 
 # The event store's tests start a throwaway PostgreSQL server (tests/pg_cluster.py) from the
@@ -31,6 +31,19 @@ postgres:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	else \
 		echo "PostgreSQL's server programs are missing: sudo apt-get install postgresql" >&2; \
+		exit 1; \
+	fi
+
+# The inspector's browser test (tests/pipelines/test_inspector.py) drives Debian's chromium with
+# Playwright, which cannot download its own browser here. Installed when absent (CI runs as
+# root); the test fails, never skips, without it.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the inspector's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing: sudo apt-get install chromium" >&2; \
 		exit 1; \
 	fi
 

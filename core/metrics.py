@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from core.progress import Progress
 from core.splits import EvalCases
 from core.vocab import FIRST_ID_ROW, IdVocabulary
 
@@ -110,6 +111,7 @@ def evaluate_scorer(
     diversity_k: int = 10,
     video_categories: Sequence[Sequence[str]] | None = None,
     batch_size: int | None = None,
+    progress: Progress | None = None,
 ) -> RankingReport:
     """Ranks the full catalogue for every case and reports the metrics.
 
@@ -124,6 +126,7 @@ def evaluate_scorer(
         video_categories: Categories of each catalogue column, for ``categories@K``.
         batch_size: Cases scored per call of ``scorer``; by default as many as keep one call's
             scores within `SCORE_BUDGET` (256 at most).
+        progress: Told the cases scored after every batch.
 
     Returns:
         The report.
@@ -142,6 +145,8 @@ def evaluate_scorer(
             raise ValueError(
                 f"scorer returned shape {scores.shape}, expected {(len(batch), num_videos)}"
             )
+        if progress is not None:
+            progress.update(len(batch))
         seen_cols, target_cols, keep = [], [], []
         for i in range(len(batch)):
             seen = video_vocab.lookup(batch.history(i)) - FIRST_ID_ROW

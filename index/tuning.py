@@ -176,8 +176,10 @@ def walk_ladders(
             per_query, ms = evaluate(point)
             trial = Trial.measure(point, per_query, ms, criteria.floor)
             trials.append(trial)
-            logger.debug(
-                "tuning %s: recall %.4f, %.2f%% failed, %.4f ms/query",
+            # One line per trial: a tuning at a million videos takes minutes.
+            logger.info(
+                "tuning trial %d %s: recall %.4f, %.2f%% failed, %.4f ms/query",
+                len(trials),
                 point.to_dict(),
                 trial.recall,
                 100 * trial.failed,

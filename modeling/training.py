@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
+from core.progress import Progress
 from core.training import EarlyStopping, TrainingHistory
 from core.warm_start import grow_weights
 
@@ -44,6 +45,21 @@ class LoopConfig(Protocol):
     def max_train_seconds(self) -> float: ...
 
 
+class StepProgress(tf.keras.callbacks.Callback):
+    """Reports a `Progress` after every training step of a ``fit`` call (Keras' own bar
+    prints a line per epoch to stdout and cannot be sent to the log)."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.progress.update()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.progress.close()
+
+
 class TrainingLoop(Generic[ModelT]):
     """A compiled model and its early stopping; `run` trains it.
 
@@ -61,6 +77,7 @@ class TrainingLoop(Generic[ModelT]):
             every worker stops at the same epoch (`pipelines.jobs.distribute.chief_consensus`).
         make_optimizer: Builds the optimizer for the model (default: Adam at
             ``config.learning_rate``); `pipelines.jobs.optimizers.sparse_aware` for large tables.
+        progress: Report each epoch's steps with their rate and time left (`core.progress`).
 
     Attributes:
         model: The compiled model.
@@ -77,7 +94,9 @@ class TrainingLoop(Generic[ModelT]):
         strategy: tf.distribute.Strategy | None = None,
         consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
         make_optimizer: Callable[[tf.keras.Model], tf.keras.optimizers.Optimizer] | None = None,
+        progress: bool = False,
     ) -> None:
+        self.progress = progress
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             model = build()
@@ -133,9 +152,18 @@ class TrainingLoop(Generic[ModelT]):
             model.set_weights(weights)
             logger.info("%s warm start: %s", stopping.name, report)
         replicas = self.strategy.num_replicas_in_sync
+        steps = int(dataset.cardinality())  # negative when tf.data cannot tell
         while True:
             started = time.perf_counter()
-            logs = model.fit(dataset, epochs=1, verbose=0).history
+            epoch = len(stopping.history.epochs) + 1
+            callback = StepProgress(
+                Progress(
+                    f"{stopping.name} epoch {epoch}",
+                    steps if steps >= 0 else None,
+                    enabled=self.progress,
+                )
+            )
+            logs = model.fit(dataset, epochs=1, verbose=0, callbacks=[callback]).history
             if not stopping.record(
                 float(logs["epoch_loss"][-1]) / replicas,
                 validate(),

@@ -52,6 +52,7 @@ from pipelines.serving.events import (
     CatalogueChange,
     EventStore,
 )
+from pipelines.serving.metadata import METADATA_FILE, VideoMetadata
 from pipelines.serving.state import ServingState
 from ranking.blend import blend_scores
 from ranking.request import RequestScorer
@@ -126,6 +127,7 @@ class Recommender:
         state: ServingState,
         events: EventStore,
         config: ServingConfig,
+        metadata: VideoMetadata | None = None,
     ) -> None:
         if bundle.ranker is None:
             raise BundleError(f"bundle {bundle.bundle_id} was loaded without its ranker")
@@ -141,6 +143,8 @@ class Recommender:
         )
         self.index = bundle.index
         self.sources = bundle.sources
+        # Titles and categories for people (the inspector); the models never read them.
+        self.metadata = VideoMetadata() if metadata is None else metadata
         self.order = bundle.order
         self.ranker = bundle.ranker
         self.engagement_weight = bundle.config.ranking.engagement_weight
@@ -201,7 +205,13 @@ class Recommender:
                 f"bundle {bundle.bundle_id} has no {SERVING_DIR}/ state; train it with a "
                 "current `vidrec train`"
             )
-        recommender = cls(bundle, ServingState.load(serving_dir), events, config)
+        recommender = cls(
+            bundle,
+            ServingState.load(serving_dir),
+            events,
+            config,
+            VideoMetadata.load(serving_dir / METADATA_FILE),
+        )
         recommender.replay_catalogue_changes()
         recommender.warm_up()
         return recommender
@@ -354,6 +364,7 @@ class Recommender:
             _, embeddings = self.catalogue.upsert(table, self._embed)
             ids = table["video_id"].to_numpy(np.int64)
             self.index.add(embeddings, ids)
+            self.metadata.update(table)
             self._taken_down.difference_update(ids.tolist())
 
     def _apply_takedowns(self, ids: np.ndarray) -> None:
@@ -363,12 +374,11 @@ class Recommender:
 
     # -- requests -------------------------------------------------------------------------
 
-    def _history(
+    def _watches(
         self, user_id: int | None, history: Sequence[int] | None, now: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int], str]:
-        """Watches, oldest first: ``(recent rows, age_hours, engagement, every watched id,
-        ignored ids, history source)``; the recent rows are the last ``history_length`` known
-        videos, the source is `Recommendation.history_source`."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """Every watch, oldest first: ``(ids [n] int64, timestamps [n] float64, engagement
+        [n] float32 (NaN unknown), history source)`` (`Recommendation.history_source`)."""
         source = "none"
         if history is not None:
             source = "request"
@@ -398,6 +408,15 @@ class Recommender:
                     fraction = np.clip(watched / self.catalogue.durations(live_rows), 0, 1)
                 live_engagement = np.where(np.isfinite(fraction), fraction, ratings / 5.0)
                 engagement = np.concatenate([base_engagement, live_engagement]).astype(np.float32)
+        return ids, stamps, engagement, source
+
+    def _history(
+        self, user_id: int | None, history: Sequence[int] | None, now: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int], str]:
+        """Watches, oldest first: ``(recent rows, age_hours, engagement, every watched id,
+        ignored ids, history source)``; the recent rows are the last ``history_length`` known
+        videos, the source is `Recommendation.history_source`."""
+        ids, stamps, engagement, source = self._watches(user_id, history, now)
         rows = self.catalogue.rows(ids)
         known = rows >= FIRST_ID_ROW
         ignored = ids[~known].tolist() if history is not None else []
@@ -530,7 +549,8 @@ class Recommender:
             shown = history_rows >= FIRST_ID_ROW
             explained = {
                 "history": self.catalogue.ids(history_rows[shown]).tolist(),
-                "weights": attention[order][:, shown].round(4).tolist(),
+                # float64 before rounding: a rounded float32 prints as 0.08810000121593475.
+                "weights": attention[order][:, shown].astype(np.float64).round(4).tolist(),
             }
         return Recommendation(
             items,
@@ -727,6 +747,50 @@ class Recommender:
             {"video_id": int(v), "score": float(s)}
             for v, s in zip(ids[0][found], scores[0][found], strict=True)
         ]
+
+    def user_history(self, user_id: int, limit: int) -> dict[str, Any]:
+        """A user's latest ``limit`` watches, oldest first, as a recommendation reads them:
+        ``{"user_id", "watches": [{"video_id", "timestamp", "engagement"}], "total",
+        "history_source"}`` (engagement None when unknown)."""
+        ids, stamps, engagement, source = self._watches(user_id, None, time.time())
+        start = max(0, len(ids) - limit)
+        watches = [
+            {
+                "video_id": int(video_id),
+                "timestamp": int(stamp),
+                "engagement": None if np.isnan(value) else round(float(value), 4),
+            }
+            for video_id, stamp, value in zip(
+                ids[start:], stamps[start:], engagement[start:], strict=True
+            )
+        ]
+        return {
+            "user_id": int(user_id),
+            "watches": watches,
+            "total": len(ids),
+            "history_source": source,
+        }
+
+    def describe_videos(self, video_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Title, categories and status of videos, in the order asked: ``known`` (in the
+        bundle's catalogue or uploaded) and ``servable`` (indexed and not taken down)."""
+        self.sync_catalogue()
+        ids = np.asarray(video_ids, dtype=np.int64)
+        rows = self.catalogue.rows(ids)
+        indexed = self.index.contains(ids) if len(ids) else np.zeros(0, dtype=bool)
+        described = []
+        for video_id, row, held in zip(ids.tolist(), rows.tolist(), indexed.tolist(), strict=True):
+            item = self.metadata.describe(video_id)
+            item["known"] = item["known"] or row != OOV_ROW
+            item["servable"] = bool(held) and video_id not in self._taken_down
+            described.append(item)
+        return described
+
+    def search_titles(self, query: str, limit: int) -> list[dict[str, Any]]:
+        """Videos of the live catalogue whose title holds every word of ``query``."""
+        self.sync_catalogue()
+        found = self.metadata.search(query, limit, hidden=self._taken_down)
+        return self.describe_videos([item["video_id"] for item in found])
 
     def warm_up(self) -> None:
         """Traces the request path once so the first real request is not slow."""

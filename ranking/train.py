@@ -99,6 +99,7 @@ def train_ranker(
     initial_weights: Sequence[np.ndarray] | None = None,
     consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
     make_optimizer: Callable[[tf.keras.Model], tf.keras.optimizers.Optimizer] | None = None,
+    progress: bool = False,
 ) -> TrainedRanker:
     """Trains the ranker.
 
@@ -117,6 +118,7 @@ def train_ranker(
             every worker stops at the same epoch (`pipelines.jobs.distribute.chief_consensus`).
         make_optimizer: Builds the optimizer for the model (default: Adam at
             ``config.learning_rate``); `pipelines.jobs.optimizers.sparse_aware` for large tables.
+        progress: Report every epoch's steps with their rate and time left.
 
     Returns:
         The trained ranker with its best epoch's weights.
@@ -141,6 +143,7 @@ def train_ranker(
         strategy,
         consensus,
         make_optimizer,
+        progress=progress,
     )
     trained = TrainedRanker(
         loop.model,

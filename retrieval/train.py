@@ -111,6 +111,7 @@ def train_retrieval(
     initial_weights: Sequence[np.ndarray] | None = None,
     consensus: Callable[[Sequence[float]], Sequence[float]] | None = None,
     make_optimizer: Callable[[tf.keras.Model], tf.keras.optimizers.Optimizer] | None = None,
+    progress: bool = False,
 ) -> TrainedRetrieval:
     """Trains the two-tower model on (history before t, video at t) pairs.
 
@@ -127,6 +128,7 @@ def train_retrieval(
             every worker stops at the same epoch (`pipelines.jobs.distribute.chief_consensus`).
         make_optimizer: Builds the optimizer for the model (default: Adam at
             ``config.learning_rate``); `pipelines.jobs.optimizers.sparse_aware` for large tables.
+        progress: Report every epoch's steps with their rate and time left.
 
     Returns:
         The trained model, with the best epoch's weights restored.
@@ -165,6 +167,7 @@ def train_retrieval(
         strategy,
         consensus,
         make_optimizer,
+        progress=progress,
     )
     trained = TrainedRetrieval(loop.model, features, config, loop.history)
 

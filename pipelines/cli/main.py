@@ -122,7 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     with lock:
         dataset = _load_data(args)
         result = train_job(
-            dataset, config, BundleStore(args.artifacts), publish=not args.no_publish, progress=True
+            dataset,
+            config,
+            BundleStore(args.artifacts),
+            publish=not args.no_publish,
+            progress=not args.quiet,
         )
     if not result.bundle_id:
         print(f"{describe_task()}: training done; the chief wrote the bundle")
@@ -167,7 +171,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     logger.info("event store: %s (%s)", events.location, events.backend)
     try:
         result = retrain_job(
-            dataset, events, BundleStore(args.artifacts), config, cutoff, progress=True
+            dataset, events, BundleStore(args.artifacts), config, cutoff, progress=not args.quiet
         )
     finally:
         events.close()
@@ -205,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"no bundle to evaluate under {args.artifacts}: run `vidrec train` first, pass "
             "--bundle DIR, or --baselines-only"
         )
-    result = evaluate_dataset(dataset, evaluation, bundle_dir)
+    result = evaluate_dataset(dataset, evaluation, bundle_dir, progress=not args.quiet)
     print(format_table(result))
     out = Path(args.out) if args.out else Path(args.artifacts) / "reports" / "evaluation.json"
     write_result(result, out)
@@ -231,7 +235,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
             dataset=_load_data(args) if args.data else None,  # not kept here: the job frees it
             config_override=override,
             publish=not args.no_publish,
-            progress=True,
+            progress=not args.quiet,
         )
     index = result.index
     print(
@@ -505,6 +509,35 @@ def _startup_error(what: str) -> ConfigError:
     return ConfigError(f"the HTTP server could not start: {what}; the reason is in the log above")
 
 
+def _tensorboard_bundle(artifacts: str, bundle: str | None) -> Path:
+    """A bundle by id or directory, the serving one by default."""
+    from core.bundle import BundleStore
+    from core.errors import BundleError
+
+    if bundle is not None and Path(bundle).is_dir():
+        return Path(bundle)
+    store = BundleStore(artifacts)
+    bundle_id = bundle or store.current_id()
+    if bundle_id is None:
+        raise BundleError(f"no serving bundle under {artifacts}: pass --bundle ID")
+    return store.path(bundle_id)
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from pipelines import tensorboard
+
+    command = tensorboard.command(_tensorboard_bundle(args.artifacts, args.bundle), args.port)
+    print(shlex.join(command), flush=True)
+    if not args.print_only:
+        # Replaced, not spawned: Ctrl-C and a service manager's signals reach TensorBoard
+        # itself, and no child can outlive this process.
+        os.execv(command[0], command)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.jobs.demo import run_demo
 
@@ -547,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vidrec", description="Video recommender: two-tower retrieval, Faiss, MHA ranker."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress reports (a line redrawn on a terminal, a log line every 15 s otherwise)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="write a synthetic video platform")
@@ -635,6 +674,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--events", help=EVENTS_HELP)
     serve.add_argument("--workers", type=int, help="serving.workers: server processes (default 1)")
     serve.set_defaults(handler=cmd_serve)
+
+    board = commands.add_parser(
+        "tensorboard", help="run TensorBoard on a bundle's event files (reports/tensorboard/)"
+    )
+    board.add_argument("--artifacts", default="artifacts", help="bundle store root")
+    board.add_argument("--bundle", help="bundle id or directory (default: the serving one)")
+    board.add_argument("--port", type=int, default=6006, help="TensorBoard's port (6006)")
+    board.add_argument(
+        "--print-only", action="store_true", help="print the tensorboard command, do not run it"
+    )
+    board.set_defaults(handler=cmd_tensorboard)
 
     demo = commands.add_parser("demo", help="generate, train, evaluate, recommend")
     demo.add_argument("--workdir", default="artifacts/demo")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow
 
 from core.bundle import BundleStore, Manifest
@@ -44,7 +45,7 @@ from core.features import FeatureSpace
 from core.io import atomic_save_npy, sha256_file
 from core.schema import Dataset
 from core.vocab import FIRST_ID_ROW
-from pipelines import artifacts
+from pipelines import artifacts, tensorboard
 from pipelines.jobs.index_queries import (
     SOURCE_ONE_WATCH,
     SOURCE_USER_HISTORIES,
@@ -61,11 +62,15 @@ from pipelines.jobs.index_stage import (
     embed_catalogue,
     write_index,
 )
+from pipelines.serving.metadata import METADATA_FILE, merge_video_metadata, read_video_metadata
 
 logger = logging.getLogger(__name__)
 
 # Files the job always writes itself instead of carrying them over from the source bundle.
 _REWRITTEN = ("config.json", BUILD_REPORT)
+_METADATA = f"serving/{METADATA_FILE}"
+_TENSORBOARD_INDEX = f"{tensorboard.TENSORBOARD_DIR}/index"
+_TENSORBOARD_PROJECTOR = f"{tensorboard.TENSORBOARD_DIR}/{tensorboard.PROJECTOR_RUN}"
 _CATALOGUE_FILES = ("retrieval/video_embeddings.npy", "retrieval/video_ids.npy")
 
 
@@ -264,6 +269,7 @@ def build_index_job(
     catalogue_record: dict[str, Any] | None = None
     histories: list[np.ndarray] = []
     user_ids: np.ndarray | None = None
+    titles: pd.DataFrame | None = None  # the grown catalogue's, for serving/videos.parquet
     if dataset is not None:
         grown = features.grow(videos=dataset.videos)
         features_changed = _features_changed(features, grown)
@@ -281,6 +287,7 @@ def build_index_job(
             dataset.interactions, features, wanted, config.index.seed
         )
         catalogue_record = {"name": dataset.name, "videos": features.video_vocab.num_ids}
+        titles = dataset.videos[["video_id", "title", "categories"]]
         del dataset, grown  # a caller that passed its only reference lets the job free it here
     release_memory()
     added = features.video_vocab.num_ids - len(source_ids)
@@ -325,7 +332,13 @@ def build_index_job(
         del rows, embeddings  # the index holds its own copy; the bundle keeps the source's file
         release_memory()
 
-    skip: tuple[str, ...] = (INDEX_DIR, *_REWRITTEN)
+    # The index run is rewritten; the projector too when the embeddings or the titles change.
+    skip: tuple[str, ...] = (INDEX_DIR, *_REWRITTEN, _TENSORBOARD_INDEX)
+    if titles is not None:
+        skip += (_METADATA,)
+    new_projector = titles is not None or features_changed or embeddings_changed
+    if new_projector:
+        skip += (_TENSORBOARD_PROJECTOR,)
     if features_changed:
         skip += ("vocab",)
     if features_changed or embeddings_changed:
@@ -335,6 +348,8 @@ def build_index_job(
     with store.stage(parent=manifest.bundle_id) as staged:
         _carry_files(source_dir, manifest, staged.path, skip)
         artifacts.write_config(staged.path, config)
+        if titles is not None:
+            merge_video_metadata(source_dir / _METADATA, titles, staged.path / _METADATA)
         if features_changed:
             features.save(staged.path / "vocab")
         if features_changed or embeddings_changed:
@@ -343,6 +358,18 @@ def build_index_job(
         write_index(
             staged.path, build, {"source_bundle": manifest.bundle_id, "job_seconds": job_seconds}
         )
+        tensorboard.write_index(staged.path, build.summary, build.index.report)
+        if new_projector:
+            tensorboard.write_projector(
+                staged.path,
+                # Unchanged embeddings were let go above: the source's file is the same.
+                embeddings
+                if features_changed or embeddings_changed
+                else np.load(source_dir / _CATALOGUE_FILES[0], mmap_mode="r"),
+                ids,
+                read_video_metadata(staged.path / _METADATA),
+                seed=config.index.seed,
+            )
         data = dict(manifest.data)
         if catalogue_record is not None:
             data["catalogue"] = {**catalogue_record, "added_videos": added}

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from core.bundle import BundleStore
-from core.config import SyntheticConfig, VidrecConfig
+from core.config import ServingConfig, SyntheticConfig, VidrecConfig
 from core.schema import Dataset
-from pipelines import plots
+from pipelines import plots, tensorboard
 from pipelines.data.synthetic import generate_platform, write_dataset
 from pipelines.jobs.evaluate import evaluate_dataset, format_table, write_result
 from pipelines.jobs.train import train_job
@@ -95,6 +97,27 @@ def describe_user(
     return "\n".join(lines)
 
 
+def next_steps(
+    workdir: Path, store: BundleStore, bundle_dir: Path, config: ServingConfig, user_id: int
+) -> str:
+    """How to serve the demo's bundle, open its inspector and its TensorBoard."""
+    vidrec = Path(sys.executable).with_name("vidrec")
+    serve = [
+        str(vidrec), "serve", "--artifacts", str(store.root),
+        "--events", str(workdir / "events.db"), "--port", str(config.port),
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            "next: serve the bundle and look inside it",
+            f"      {shlex.join(serve)}",
+            f"      inspector: http://{config.host}:{config.port}/ui (try user {user_id}; "
+            "the Bundle tab has the metrics and training curves)",
+            f"      TensorBoard: {shlex.join(tensorboard.command(bundle_dir))}",
+            f"      (then http://localhost:{tensorboard.DEFAULT_PORT}/)",
+        ]
+    )
+
+
 def run_demo(workdir: Path, seed: int = 0, budget_seconds: float = 240.0) -> None:
     """Runs the demo in ``workdir`` (data/, artifacts/, reports/) and prints what it did."""
     started = time.perf_counter()
@@ -136,3 +159,4 @@ def run_demo(workdir: Path, seed: int = 0, budget_seconds: float = 240.0) -> Non
     png = workdir / "reports" / "attention.png"
     print(describe_user(dataset, service.current, user_id, attention_png=png))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    print(next_steps(workdir, store, result.bundle_dir, config, user_id))

@@ -28,6 +28,7 @@ from core.errors import BundleError
 from core.features import engagement_labels
 from core.io import atomic_write_json
 from core.metrics import Scorer, evaluate_scorer
+from core.progress import Progress
 from core.schema import Dataset
 from core.splits import LeaveOneOutSplit, leave_one_out
 from core.vocab import IdVocabulary
@@ -112,21 +113,27 @@ def evaluate_split(
     video_vocab: IdVocabulary,
     video_categories: list[tuple[str, ...]],
     config: EvaluationConfig,
+    progress: bool = False,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Runs every scorer on the split's test cases; returns metrics and seconds by name."""
+    """Runs every scorer on the split's test cases; returns metrics and seconds by name
+    (``progress``: report each scorer's cases, rate and time left)."""
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     for name, scorer in scorers.items():
         started = time.perf_counter()
-        report = evaluate_scorer(
-            scorer,
-            split.test,
-            video_vocab,
-            ks=config.ks,
-            ns=config.candidate_ns,
-            diversity_k=config.diversity_k,
-            video_categories=video_categories,
-        )
+        with Progress(
+            f"evaluating {name}", len(split.test), unit="user", enabled=progress
+        ) as counter:
+            report = evaluate_scorer(
+                scorer,
+                split.test,
+                video_vocab,
+                ks=config.ks,
+                ns=config.candidate_ns,
+                diversity_k=config.diversity_k,
+                video_categories=video_categories,
+                progress=counter,
+            )
         seconds[name] = time.perf_counter() - started
         rows[name] = report.metrics
         logger.info(
@@ -144,6 +151,7 @@ def evaluate_dataset(
     config: EvaluationConfig,
     bundle_dir: str | os.PathLike[str] | None = None,
     extra_scorers: Mapping[str, Scorer] | None = None,
+    progress: bool = False,
 ) -> EvaluationResult:
     """Evaluates a bundle (retrieval alone and, with its ranker, the two-stage pipeline) and the
     configured baselines on leave-one-out.
@@ -153,6 +161,7 @@ def evaluate_dataset(
         config: Cut-offs and baselines.
         bundle_dir: Bundle to evaluate; baselines only when None.
         extra_scorers: More scorers to put in the same table (e.g. a two-stage pipeline).
+        progress: Report each scorer's cases with their rate and time left.
 
     Raises:
         BundleError: The bundle does not verify or was trained on other data.
@@ -199,7 +208,7 @@ def evaluate_dataset(
         scorers[name] = fit_baselines([name], split.train, video_vocab, split.validation)[name]
         fit_seconds[name] = time.perf_counter() - started
     categories = _categories_by_column(dataset, video_vocab)
-    rows, seconds = evaluate_split(scorers, split, video_vocab, categories, config)
+    rows, seconds = evaluate_split(scorers, split, video_vocab, categories, config, progress)
     for name, fit in fit_seconds.items():
         seconds[name] += fit
     return EvaluationResult(

@@ -27,6 +27,7 @@ from candidates import (
 from candidates.sources import TWO_STAGE
 from core.config import RankingConfig
 from core.features import FeatureSpace
+from core.progress import Progress
 from core.sequences import next_watch_examples
 from core.splits import EvalCases
 from core.vocab import FIRST_ID_ROW
@@ -129,6 +130,7 @@ def training_lists(
     config: RankingConfig,
     sources: CandidateSources,
     retrieve: Retriever | None = None,
+    progress: bool = False,
 ) -> CandidateLists:
     """One list per training event: the watched video, hard negatives from the merged
     candidates, randoms.
@@ -143,6 +145,7 @@ def training_lists(
         sources: The item-to-item sources, counted from these same interactions.
         retrieve: Where retrieval's candidates come from: the serving index (what the ranker
             will see) or, by default, exact search over ``catalogue``.
+        progress: Report the candidate retrieval's examples, rate and time left.
 
     Returns:
         Lists with the watched video in column 0.
@@ -178,6 +181,7 @@ def training_lists(
     per_source = sources.config.per_source
     users = interactions["user_id"].to_numpy(np.int64)
     reach = sources.config.covisit_window
+    report = Progress("ranker candidates", n, unit="example", enabled=progress)
     for start in range(0, n, QUERY_BATCH):
         stop = min(start + QUERY_BATCH, n)
         targets = target_rows[start:stop, None]
@@ -224,6 +228,8 @@ def training_lists(
         )
         _flag_as_requested(part, upcoming, extended, per_source)
         evidence[start:stop] = part
+        report.update(stop - start)
+    report.close()
     # The ranker reads the most recent `config.history_length` of the retrieval history.
     recent_slice = slice(-config.history_length, None)
     history_engagement = examples.gather(engagement.astype(np.float32), np.nan)[:, recent_slice]

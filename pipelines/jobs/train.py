@@ -31,7 +31,7 @@ from core.schema import Dataset
 from core.splits import EvalCases, leave_one_out
 from core.vocab import FIRST_ID_ROW
 from index import VideoIndex
-from pipelines import artifacts
+from pipelines import artifacts, tensorboard
 from pipelines.jobs import index_stage
 from pipelines.jobs.distribute import (
     barrier,
@@ -44,6 +44,7 @@ from pipelines.jobs.index_queries import validation_queries
 from pipelines.jobs.optimizers import sparse_aware
 from pipelines.jobs.ranking_data import Retriever, case_lists, list_scores, training_lists
 from pipelines.jobs.weights import save_weights
+from pipelines.serving.metadata import METADATA_FILE, write_video_metadata
 from pipelines.serving.state import build_serving_state
 from ranking.inputs import CandidateLists
 from ranking.train import TrainedRanker, list_metrics, train_ranker
@@ -216,6 +217,7 @@ def train_stages(
         initial_weights=initial_weights.get("retrieval"),
         consensus=consensus,
         make_optimizer=_optimizer_factory(config.retrieval),
+        progress=progress,
     )
     seconds["train_retrieval"] = time.perf_counter() - started
 
@@ -241,6 +243,7 @@ def train_stages(
         sources,
         # A flat index is exact search: numpy does it for a whole batch of examples at once.
         retrieve=None if index.index.kind == "flat" else index_retriever(index.index, features),
+        progress=progress,
     )
     sample = np.random.default_rng(config.ranking.seed).permutation(len(validation))
     validation_lists, _ = case_lists(
@@ -264,6 +267,7 @@ def train_stages(
         initial_weights=initial_weights.get("ranking"),
         consensus=consensus,
         make_optimizer=_optimizer_factory(config.ranking),
+        progress=progress,
     )
     seconds["train_ranker"] = time.perf_counter() - started
     gate = gate or stage_gate(validation_lists, ranker, sources)
@@ -321,6 +325,8 @@ def write_bundle(
         build_serving_state(
             dataset, stages.features, config.serving.popularity_days, events_until_id
         ).save(path / "serving")
+        write_video_metadata(dataset.videos, path / "serving" / METADATA_FILE)
+        write_tensorboard(path, stages, config, dataset, metrics)
         if extra_reports is not None:
             extra_reports(path / "reports")
         bundle_dir = staged.commit(
@@ -335,6 +341,35 @@ def write_bundle(
             metrics={**metrics, "index": stages.index.summary, "stage_gate": stages.gate},
         )
         return staged.bundle_id, bundle_dir
+
+
+def write_tensorboard(
+    bundle_dir: Path,
+    stages: TrainedStages,
+    config: VidrecConfig,
+    dataset: Dataset,
+    metrics: dict[str, Any],
+) -> None:
+    """The bundle's TensorBoard runs (`pipelines.tensorboard`): both stages' epochs, the
+    index's tuning, the retrain gate when ``metrics`` holds one, the video embeddings."""
+    for stage, history, section in (
+        ("retrieval", stages.retrieval.history, config.retrieval),
+        ("ranking", stages.ranker.history, config.ranking),
+    ):
+        tensorboard.write_training(
+            bundle_dir, stage, history, section.learning_rate, section.max_train_seconds
+        )
+    tensorboard.write_index(bundle_dir, stages.index.summary, stages.index.index.report)
+    gate = metrics.get("gate")
+    if isinstance(gate, dict) and "new" in gate:
+        tensorboard.write_gate(bundle_dir, gate)
+    tensorboard.write_projector(
+        bundle_dir,
+        stages.catalogue[FIRST_ID_ROW:],
+        stages.features.video_vocab.ids,
+        dataset.videos,
+        seed=config.index.seed,
+    )
 
 
 def train_job(

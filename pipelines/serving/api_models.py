@@ -86,7 +86,72 @@ class RecommendResponse(BaseModel):
         "user's latest watches, and uploads or takedowns not yet applied here; counted in "
         "vidrec_store_fallbacks_total); or none (no user id, no history)."
     )
-    attention: dict[str, Any] | None = None
+    attention: "Attention | None" = Field(
+        None, description="With explain: the ranker's attention over the history."
+    )
+
+
+class Attention(BaseModel):
+    history: list[int] = Field(description="Watched video ids the ranker read, oldest first.")
+    weights: list[list[float]] = Field(
+        description="[items][history]: each recommendation's attention over the history."
+    )
+
+
+RecommendResponse.model_rebuild()
+
+
+class VideoInfo(BaseModel):
+    video_id: int
+    title: str = Field(description="Empty when the bundle keeps no title for it.")
+    categories: list[str]
+    known: bool = Field(description="In the bundle's catalogue or uploaded since.")
+    servable: bool = Field(description="Indexed and not taken down.")
+
+
+class VideoInfoResponse(BaseModel):
+    videos: list[VideoInfo]
+    bundle_id: str
+
+
+class Watch(BaseModel):
+    video_id: int
+    timestamp: int
+    engagement: float | None = Field(description="Watch fraction or rating / 5; None unknown.")
+
+
+class HistoryResponse(BaseModel):
+    user_id: int
+    watches: list[Watch] = Field(description="The latest watches, oldest first.")
+    total: int = Field(description="Every watch the user has.")
+    history_source: Literal["bundle_and_store", "bundle_only"]
+    bundle_id: str
+
+
+class PublishRecord(BaseModel):
+    time: str
+    action: str
+    bundle_id: str
+    previous: str | None = None
+    reason: str = ""
+
+
+class BundleResponse(BaseModel):
+    bundle_id: str
+    created_at: str
+    parent: str | None = None
+    data: dict[str, Any]
+    counts: dict[str, int]
+    metrics: dict[str, Any]
+    libraries: dict[str, str]
+    serving_since: PublishRecord | None = Field(
+        None, description="The publish event that made this bundle the serving one."
+    )
+    published: list[PublishRecord] = Field(description="The latest publish events, newest first.")
+    reports: list[str] = Field(description="Files under GET /bundle/reports/{name}.")
+    training: dict[str, Any] = Field(
+        description="Per-epoch training history of each stage (reports/*_training.json)."
+    )
 
 
 class SimilarItem(BaseModel):
@@ -182,6 +247,10 @@ def api_models(config: ServingConfig) -> ApiModels:
             max_length=MAX_CATEGORY_CHARS,
             description="Cold start: popular videos of a category.",
         )
+        explain: Annotated[bool, Field(strict=True)] = Field(
+            False,
+            description="Also return the ranker's attention over the history (attention).",
+        )
 
     class FeedbackItem(BaseModel):
         """One feedback event."""
@@ -241,6 +310,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Refused (see error).",
         401: "No API key, or an unknown one, while keys are configured.",
         403: "The API key's scope does not cover this endpoint (an ingest key on an admin one).",
+        404: "No such file.",
         413: "Body larger than serving.max_body_bytes.",
         415: "Body is not application/json.",
         422: "Malformed JSON, or a field missing, of the wrong type or out of range.",

@@ -46,6 +46,7 @@ from pipelines.serving.api_models import (
 from pipelines.serving.auth import KeyRing
 from pipelines.serving.auth import Scope as KeyScope
 from pipelines.serving.events import FeedbackEvent
+from pipelines.serving.inspector import add_inspector_routes
 from pipelines.serving.middleware import BodyLimit, Gate, Instrumented, Metrics
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
             k=body.k,
             exclude=body.exclude,
             category=body.category,
+            explain=body.explain,
         )
         for stage, ms in result.timings_ms.items():
             metrics.stages.labels(stage=stage).observe(ms / 1e3)
@@ -292,6 +294,8 @@ def create_app(service: RecommenderService, config: ServingConfig, keys: KeyRing
     def reload() -> dict[str, Any]:
         """Loads the bundle named by CURRENT now (verified and warmed before the swap)."""
         return {"bundle_id": service.reload()}
+
+    add_inspector_routes(app, service, config)
 
     default_openapi = app.openapi
 

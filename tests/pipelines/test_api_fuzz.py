@@ -71,7 +71,7 @@ def test_no_request_gives_a_5xx_or_breaks_the_schema(setup_name, fuzzed_service,
     app = create_app(fuzzed_service, config, KeyRing(config, environ))
     headers = {"X-API-Key": key} if key else {}
     operations = _operations(app)
-    assert len(operations) == 9
+    assert len(operations) == 16
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             _fuzz(operation, mode, headers, setup_name)

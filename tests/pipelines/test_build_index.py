@@ -87,9 +87,20 @@ def test_build_index_without_data_publishes_a_child_bundle(workspace, capsys):
     assert manifest.metrics["index"]["query_source"] == "one_watch_histories"
     assert manifest.metrics["validation"] == source.metrics["validation"]
     assert manifest.data == source.data
-    # Everything but the index and its report is carried over unchanged.
-    rebuilt = {n for n in manifest.files if n.startswith("index/")} | {"reports/index_build.json"}
-    assert set(manifest.files) == set(source.files)
+    # Everything but the index, its report and its TensorBoard run is carried over unchanged
+    # (an event file is named after the time and process that wrote it).
+    index_run = "reports/tensorboard/index/"
+
+    def rebuilt(files):
+        return {n for n in files if n.startswith(("index/", index_run))} | {
+            "reports/index_build.json"
+        }
+
+    assert set(manifest.files) - rebuilt(manifest.files) == set(source.files) - rebuilt(
+        source.files
+    )
+    assert [n for n in manifest.files if n.startswith(index_run)] != []
+    rebuilt = rebuilt(manifest.files) | rebuilt(source.files)
     assert {n: d for n, d in manifest.files.items() if n not in rebuilt} == {
         n: d for n, d in source.files.items() if n not in rebuilt
     }
@@ -124,6 +135,14 @@ def test_build_index_adds_new_uploads_and_publishes_only_when_asked(workspace):
     own = bundle.retrieval.video_embeddings[-1:]
     _, ids = bundle.index.search(own, 1)
     assert ids.tolist() == [[NEW_VIDEO_ID]]
+    # The inspector's titles and the projector's metadata know the upload.
+    titles = pd.read_parquet(store.path(new_id) / "serving" / "videos.parquet")
+    assert len(titles) == 201
+    assert titles.loc[titles["video_id"] == NEW_VIDEO_ID, "title"].tolist() == [
+        "Brand new upload about volcanoes"
+    ]
+    metadata = (store.path(new_id) / "reports/tensorboard/projector/metadata.tsv").read_text()
+    assert f"{NEW_VIDEO_ID}\tBrand new upload about volcanoes\t" in metadata
     # The old videos keep their rows and (same towers, same metadata) their embeddings, up to
     # float rounding (TensorFlow's kernels block a batch of another size differently).
     parent = load_bundle(store.path(current), ranker=False)
