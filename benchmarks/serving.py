@@ -197,7 +197,7 @@ def naive_pipeline(recommender, users: np.ndarray, now: float) -> dict[str, floa
         top = top[np.argsort(-scores[top])] + 2
         # The same merge with the item-to-item sources and the same evidence as the fast path.
         merged, evidence = recommender._merge_sources(query, rows, top, watched, now, embeddings)
-        candidates = merged.rows[0][merged.valid[0]]
+        candidates = merged.rows
         h = recommender.ranker_history
         recent_engagement = np.full((1, h), 0.5, np.float32)
         recent_ages = np.zeros((1, h), np.float32)

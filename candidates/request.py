@@ -62,7 +62,7 @@ def merge_one_list(
     if names:
         stacked = np.stack([proposals[name][0] for name in names], axis=1)  # [p, s]
         interleaved = stacked.reshape(-1).astype(np.int64, copy=False)
-        tags = np.tile(np.array([ORIGINS.index(name) for name in names]), len(stacked))
+        tags = np.broadcast_to([ORIGINS.index(name) for name in names], stacked.shape).ravel()
     else:
         interleaved = tags = np.zeros(0, dtype=np.int64)
     added = len(interleaved)
