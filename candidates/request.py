@@ -160,6 +160,7 @@ class RequestSources:
         candidates: RequestCandidates,
         retrieval_scores: np.ndarray,
         now: float,
+        edge_counts: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """``[k, EVIDENCE_WIDTH] float32``: `CandidateSources.evidence` of one list.
 
@@ -168,6 +169,8 @@ class RequestSources:
             candidates: The merged candidates.
             retrieval_scores: ``[k] float32`` their inner products with the query.
             now: The request time in seconds (for freshness).
+            edge_counts: If given, filled with each source's ``counts_between(recent,
+                rows)``, ``[m, k] float32``, which the answer's "because" reads again.
         """
         rows = candidates.rows
         out = np.zeros((len(rows), EVIDENCE_WIDTH), dtype=np.float32)
@@ -178,7 +181,10 @@ class RequestSources:
         )
         weights = self._column_weights
         for name, graph in self.graphs.items():
-            counts = graph.counts_of_one(recent, rows).astype(np.float64)  # [m, k]
+            found = graph.counts_of_one(recent, rows)  # [m, k]
+            if edge_counts is not None:
+                edge_counts[name] = found
+            counts = found.astype(np.float64)
             if name == "creator":
                 out[:, _COLUMN["creator_score"]] = (weights * counts).sum(axis=0)
                 continue
