@@ -119,7 +119,11 @@ def test_one_request_proposes_and_describes_as_the_batch_does():
         merged = merge_one_list(index_rows, proposals, 80, 30)
         scores = rng.normal(size=len(merged.rows)).astype(np.float32)
         now = 1.2e6
-        one = request.evidence(recent, merged, scores, now)
+        edge_counts = {}
+        one = request.evidence(recent, merged, scores, now, edge_counts)
+        for name, graph in sources.graphs.items():
+            counts = graph.counts_between(recent[None], merged.rows[None])[0]
+            np.testing.assert_array_equal(edge_counts[name], counts)
         batch = sources.evidence(
             recent[None],
             merged.rows[None],
