@@ -196,8 +196,8 @@ def naive_pipeline(recommender, users: np.ndarray, now: float) -> dict[str, floa
         top = np.argpartition(-scores, 300)[:300]
         top = top[np.argsort(-scores[top])] + 2
         # The same merge with the item-to-item sources and the same evidence as the fast path.
-        merged, evidence = recommender._merge_sources(query, rows, top, watched, now, embeddings)
-        candidates = merged.rows[0][merged.valid[0]]
+        merged, evidence, _ = recommender._merge_sources(query, rows, top, watched, now, embeddings)
+        candidates = merged.rows
         h = recommender.ranker_history
         recent_engagement = np.full((1, h), 0.5, np.float32)
         recent_ages = np.zeros((1, h), np.float32)

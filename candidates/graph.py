@@ -128,16 +128,26 @@ class ItemGraph:
         found = held & (self._keys[position] == keys)
         return np.where(found, self.counts[position], 0.0).astype(np.float32)
 
-    def _top_of_one_list(
+    def top_of_one(
         self,
         sources: np.ndarray,
         source_weights: np.ndarray,
         n: int,
-        exclude: np.ndarray | None,
+        excluded: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`top` for one list (a request): the few sources' edge slices, summed per target."""
-        rows_out = np.zeros((1, n), dtype=np.int64)
-        scores_out = np.zeros((1, n), dtype=np.float32)
+        """`top` for one list (a request): the few sources' edge slices, summed per target.
+
+        Args:
+            sources: ``[m] int64`` rows (0 for none).
+            source_weights: ``[m]`` weight of each source position.
+            n: Targets to return.
+            excluded: ``[x] int64`` rows never to return, sorted ascending, or None.
+
+        Returns:
+            ``(rows [n] int64, scores [n] float32)``, best first, 0 past the last target.
+        """
+        rows_out = np.zeros(n, dtype=np.int64)
+        scores_out = np.zeros(n, dtype=np.float32)
         columns, values = [], []
         for row, weight in zip(sources.tolist(), np.asarray(source_weights).tolist(), strict=True):
             if not FIRST_ID_ROW <= row < self.num_rows:
@@ -152,32 +162,39 @@ class ItemGraph:
             return rows_out, scores_out
         targets, inverse = np.unique(np.concatenate(columns), return_inverse=True)
         scores = np.bincount(inverse, weights=np.concatenate(values), minlength=len(targets))
-        if exclude is not None:
-            allowed = ~np.isin(targets, np.asarray(exclude).reshape(-1))
+        if excluded is not None and len(excluded):
+            position = np.minimum(np.searchsorted(excluded, targets), len(excluded) - 1)
+            allowed = excluded[position] != targets
             targets, scores = targets[allowed], scores[allowed]
         best = np.argsort(-scores, kind="stable")[:n]  # targets ascend: ties keep the smaller row
-        rows_out[0, : len(best)] = targets[best]
-        scores_out[0, : len(best)] = scores[best]
+        rows_out[: len(best)] = targets[best]
+        scores_out[: len(best)] = scores[best]
         return rows_out, scores_out
 
+    def counts_of_one(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """`counts_between` for one list, ``[m, k] float32`` for ``sources [m]`` and
+        ``targets [k]``: one search over the few sources' own edges (their keys, in row
+        order, ascend) instead of one over every edge of the graph, which at a million videos
+        costs a cache miss per step."""
+        sources = np.asarray(sources, dtype=np.int64)
+        targets = np.asarray(targets, dtype=np.int64)
+        r = self.num_rows
+        held = sorted({row for row in sources.tolist() if FIRST_ID_ROW <= row < r})
+        spans = [(int(self.indptr[row]), int(self.indptr[row + 1])) for row in held]
+        spans = [(start, stop) for start, stop in spans if start < stop]
+        if not spans:
+            return np.zeros((len(sources), len(targets)), dtype=np.float32)
+        keys = np.concatenate([self._keys[start:stop] for start, stop in spans])
+        counts = np.concatenate([self.counts[start:stop] for start, stop in spans])
+        wanted = sources[:, None] * r + targets[None, :]
+        position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        found = (keys[position] == wanted) & ((targets >= FIRST_ID_ROW) & (targets < r))[None, :]
+        return np.where(found, counts[position], np.float32(0.0))
+
     def _counts_of_one_list(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """`counts_between` for one list: a search within each source's own (at most
-        ``max_neighbours``) edges instead of over every edge of the graph, which at a million
-        videos costs a cache miss per step."""
-        out = np.zeros((*sources.shape, targets.shape[-1]), dtype=np.float32)
-        flat_out = out.reshape(-1, targets.shape[-1])
-        wanted = targets.reshape(-1)
-        for i, row in enumerate(sources.reshape(-1).tolist()):
-            if not FIRST_ID_ROW <= row < self.num_rows:
-                continue
-            start, stop = int(self.indptr[row]), int(self.indptr[row + 1])
-            if start == stop:
-                continue
-            columns = self.columns[start:stop]
-            position = np.minimum(np.searchsorted(columns, wanted), stop - start - 1)
-            found = columns[position] == wanted
-            flat_out[i] = np.where(found, self.counts[start:stop][position], 0.0)
-        return out
+        """`counts_between` for one list of any leading shape of ones (`counts_of_one`)."""
+        out = self.counts_of_one(sources.reshape(-1), targets.reshape(-1))
+        return out.reshape(*sources.shape, targets.shape[-1])
 
     def row_totals(self, rows: np.ndarray) -> np.ndarray:
         """``[...] float32`` total weight out of each row (0 for rows the graph does not hold)."""
@@ -211,7 +228,9 @@ class ItemGraph:
         sources = np.asarray(sources, dtype=np.int64)
         b, m = sources.shape
         if b == 1:
-            return self._top_of_one_list(sources[0], source_weights, n, exclude)
+            excluded = None if exclude is None else np.sort(np.asarray(exclude).reshape(-1))
+            rows, scores = self.top_of_one(sources[0], source_weights, n, excluded)
+            return rows[None], scores[None]
         held = (sources >= FIRST_ID_ROW) & (sources < self.num_rows)
         safe = np.where(held, sources, 0)
         lengths = np.where(held, self.indptr[safe + 1] - self.indptr[safe], 0).ravel()

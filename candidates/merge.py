@@ -123,7 +123,8 @@ def merge_candidates(
     # Stable: within one video of one list, the earliest slot of the pool comes first.
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    # No real candidate in any list (everything excluded) leaves no entry at all.
+    starts = np.flatnonzero(np.r_[len(keys) > 0, sorted_keys[1:] != sorted_keys[:-1]])
     if len(keys):
         bits = np.bitwise_or.reduceat(1 << tag.ravel()[flat][order], starts)
         positions = index_position.ravel()[flat][order]

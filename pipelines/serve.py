@@ -28,13 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from candidates import (
-    EVIDENCE_FEATURES,
-    ORIGINS,
-    MergedCandidates,
-    merge_candidates,
-    order_scores,
-)
+from candidates import EVIDENCE_FEATURES, ORIGINS, order_scores
+from candidates.request import RequestCandidates, RequestSources, merge_one_list
 from candidates.sources import TWO_STAGE
 from core.bundle import BundleStore
 from core.config import ServingConfig
@@ -143,6 +138,7 @@ class Recommender:
         )
         self.index = bundle.index
         self.sources = bundle.sources
+        self._request_sources = RequestSources(bundle.sources)
         # Titles and categories for people (the inspector); the models never read them.
         self.metadata = VideoMetadata() if metadata is None else metadata
         self.order = bundle.order
@@ -399,15 +395,27 @@ class Recommender:
                     logger.debug("history of user %s from the bundle alone: %s", user_id, error)
                     self.on_store_fallback("history")
                     live, source = [], "bundle_only"
-                ids = np.concatenate([base_ids, [e[0] for e in live]]).astype(np.int64)
-                stamps = np.concatenate([base_stamps, [e[1] for e in live]]).astype(np.float64)
-                live_rows = self.catalogue.rows(np.asarray([e[0] for e in live], np.int64))
-                watched = np.asarray([e[2] for e in live], np.float64)
-                ratings = np.asarray([e[3] for e in live], np.float64)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    fraction = np.clip(watched / self.catalogue.durations(live_rows), 0, 1)
-                live_engagement = np.where(np.isfinite(fraction), fraction, ratings / 5.0)
-                engagement = np.concatenate([base_engagement, live_engagement]).astype(np.float32)
+                if not live:  # most requests: the bundle's arrays as they are
+                    ids, stamps = base_ids, base_stamps.astype(np.float64)
+                    engagement = base_engagement
+                else:
+                    live_ids, live_stamps, watched, ratings = (
+                        np.asarray(column, dtype)
+                        for column, dtype in zip(
+                            zip(*live, strict=True),
+                            (np.int64, np.float64, np.float64, np.float64),
+                            strict=True,
+                        )
+                    )
+                    ids = np.concatenate([base_ids, live_ids])
+                    stamps = np.concatenate([base_stamps, live_stamps])
+                    live_rows = self.catalogue.rows(live_ids)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        fraction = np.clip(watched / self.catalogue.durations(live_rows), 0, 1)
+                    live_engagement = np.where(np.isfinite(fraction), fraction, ratings / 5.0)
+                    engagement = np.concatenate([base_engagement, live_engagement]).astype(
+                        np.float32
+                    )
         return ids, stamps, engagement, source
 
     def _history(
@@ -476,10 +484,9 @@ class Recommender:
         padded = np.zeros((1, length), dtype=np.int64)
         padded[0, length - len(rows) :] = rows
         user_row = self.features.user_rows(np.array([-1 if user_id is None else user_id]))
+        user_attributes = self.features.user_attribute_matrix(user_row)
         embeddings = self.catalogue.embeddings
-        query = self._query(
-            embeddings[padded], user_row, self.features.user_attribute_matrix(user_row)
-        )
+        query = self._query(np.take(embeddings, padded, axis=0), user_row, user_attributes)
         timer.mark("user_tower")
         _, ids = self.index.search(query, config.candidates, exclude=[excluded])
         index_rows = self.catalogue.rows(ids[0][ids[0] >= 0])
@@ -487,8 +494,10 @@ class Recommender:
         # The catalogue is read again: an upload applied since the tower's read may be a
         # candidate now, with a row past the earlier views.
         embeddings = self.catalogue.embeddings
-        merged, evidence = self._merge_sources(query, rows, index_rows, excluded, now, embeddings)
-        candidate_rows = merged.rows[0][merged.valid[0]]
+        merged, evidence, edge_counts = self._merge_sources(
+            query, rows, index_rows, excluded, now, embeddings
+        )
+        candidate_rows = merged.rows
         timer.mark("sources")
         if len(candidate_rows) == 0:
             items = self._popular(k, excluded, category)
@@ -505,7 +514,7 @@ class Recommender:
                 ages,
                 candidate_rows,
                 evidence,
-                self.features.user_attribute_matrix(user_row),
+                user_attributes,
                 self.catalogue.videos,
                 embeddings,
             )
@@ -515,31 +524,34 @@ class Recommender:
         else:
             # The stage gate found one signal alone orders better than the ranker.
             ordered = order_scores(evidence, self.order)
-        order = self._diversify(ordered, candidate_rows, k)
-        origins = merged.origins[0][merged.valid[0]][order]
+        order = np.asarray(self._diversify(ordered, candidate_rows, k), dtype=np.int64)
+        returned = np.take(candidate_rows, order)
+        origins = np.take(merged.origins, order, axis=0)
+        main = _main_sources(np.take(evidence, order, axis=0), origins)
         because = self._because(
-            candidate_rows[order],
-            evidence[order],
-            origins,
-            None if attention is None else attention[order],
+            returned,
+            main,
+            None if attention is None else np.take(attention, order, axis=0),
             history_rows,
             embeddings,
+            edge_counts.of(order),
         )
-        main = np.argmax(_main_sources(evidence[order], origins), axis=0)
+        # Plain Python values once, not a numpy scalar per item and field.
+        flags = origins.tolist()
         items = [
             {
-                "video_id": int(video_id),
-                "score": float(ordered[position]),
+                "video_id": video_id,
+                "score": score,
                 "because": named,
                 "source": ORIGINS[source],
-                "sources": [origin for origin, on in zip(ORIGINS, flags, strict=True) if on],
+                "sources": [origin for origin, on in zip(ORIGINS, on_lists, strict=True) if on],
             }
-            for position, video_id, named, source, flags in zip(
-                order,
-                self.catalogue.ids(candidate_rows[order]),
+            for video_id, score, named, source, on_lists in zip(
+                self.catalogue.ids(returned).tolist(),
+                np.take(ordered, order).tolist(),
                 because,
-                main,
-                origins,
+                np.argmax(main, axis=0).tolist(),
+                flags,
                 strict=True,
             )
         ]
@@ -570,8 +582,9 @@ class Recommender:
         excluded: np.ndarray,
         now: float,
         embeddings: np.ndarray,
-    ) -> tuple[MergedCandidates, np.ndarray]:
-        """The index's candidates merged with the item-to-item sources', and their evidence.
+    ) -> tuple[RequestCandidates, np.ndarray, _EdgeCounts]:
+        """The index's candidates merged with the item-to-item sources', their evidence and
+        the edge counts it read.
 
         Args:
             query: ``[1, d] float32`` the user's query.
@@ -582,41 +595,34 @@ class Recommender:
             embeddings: ``[rows, d] float32`` the live catalogue's embeddings.
 
         Returns:
-            ``(merged lists of one, evidence [k, E] of its valid slots)``.
+            ``(merged candidates, evidence [k, E] float32, edge counts)``.
         """
-        recent = self.sources.recent(history_rows[None])
-        excluded_rows = self.catalogue.rows(excluded)
-        proposals = self.sources.propose(recent, excluded_rows[None])
+        sources = self._request_sources
+        recent = sources.recent(history_rows)
+        proposals = sources.propose(recent, np.sort(self.catalogue.rows(excluded)))
         if self._taken_down:
             blocked = np.fromiter(self._taken_down, dtype=np.int64, count=len(self._taken_down))
             for rows, _ in proposals.values():
                 rows[np.isin(self.catalogue.ids(rows), blocked) & (rows >= FIRST_ID_ROW)] = 0
-        merged = merge_candidates(
-            index_rows[None],
+        merged = merge_one_list(
+            index_rows,
             proposals,
             self.config.candidates,
             self.sources.config.source_slots(self.config.candidates),
         )
-        valid = merged.valid[0]
-        rows = merged.rows[0][valid]
-        evidence = self.sources.evidence(
-            recent,
-            rows[None],
-            (embeddings[rows] @ query[0])[None],
-            merged.retrieval_rank[0][valid][None],
-            merged.origins[0][valid][None],
-            np.array([now]),
-        )[0]
-        return merged, evidence
+        scores = np.take(embeddings, merged.rows, axis=0) @ query[0]
+        edge_counts: dict[str, np.ndarray] = {}
+        evidence = sources.evidence(recent, merged, scores, now, edge_counts)
+        return merged, evidence, _EdgeCounts(recent, edge_counts)
 
     def _because(
         self,
         rows: np.ndarray,
-        evidence: np.ndarray,
-        origins: np.ndarray,
+        main: np.ndarray,
         attention: np.ndarray | None,
         history_rows: np.ndarray,
         embeddings: np.ndarray,
+        edge_counts: _EdgeCounts | None = None,
     ) -> list[list[int]]:
         """Per returned item, the watched ids it comes from, the strongest evidence first.
 
@@ -627,45 +633,54 @@ class Recommender:
 
         Args:
             rows: ``[k] int64`` the returned items' rows.
-            evidence: ``[k, E]`` their evidence.
-            origins: ``[k, len(ORIGINS)] bool`` the lists they were in.
+            main: ``[len(ORIGINS), k] bool`` the list that brought each (`_main_sources`).
             attention: ``[k, H]`` the ranker's attention over ``history_rows``, or None.
             history_rows: ``[H] int64`` the watches, oldest first (0 on padding).
             embeddings: ``[rows, d]`` the live catalogue's embeddings.
+            edge_counts: The sources' counts from the latest watches to ``rows``, already
+                read for the evidence (read again from the graphs when absent).
         """
         count = self.config.because
         if count == 0 or len(rows) == 0:
             return [[] for _ in range(len(rows))]
         # The watch each item follows in the source that brought it (the strongest
         # conditional probability, not the most recent watch): -1 for retrieval's items.
-        recent = self.sources.recent(history_rows[None])[0]  # newest first
+        recent = self._request_sources.recent(history_rows)  # newest first
+        if edge_counts is not None and not np.array_equal(edge_counts.recent, recent):
+            edge_counts = None  # the ranker read fewer watches than the sources
         followed = np.full(len(rows), -1, dtype=np.int64)
-        for name, source in zip(ORIGINS[1:], _main_sources(evidence, origins)[1:], strict=True):
+        for name, source in zip(ORIGINS[1:], main[1:], strict=True):
             graph = self.sources.graphs.get(name)
             if graph is None or not source.any():
                 continue
-            pull = graph.counts_between(recent[None], rows[source][None])[0]
+            if edge_counts is None:
+                pull = graph.counts_of_one(recent, rows[source])
+            else:
+                pull = edge_counts.counts[name][:, source]
             pull /= np.maximum(graph.row_totals(recent), 1.0)[:, None]
             strongest = np.argmax(pull, axis=0)
             followed[source] = np.where(pull.max(axis=0) > 0, recent[strongest], -1)
         shown = history_rows >= FIRST_ID_ROW
-        similarity = np.maximum(embeddings[rows] @ embeddings[history_rows].T, 0.0)
+        similarity = np.maximum(
+            np.take(embeddings, rows, axis=0) @ np.take(embeddings, history_rows, axis=0).T, 0.0
+        )
         strength = similarity if attention is None else attention * similarity
         strength = np.where(shown[None, :], strength, -1.0)
         ranked = np.argsort(-strength, axis=1, kind="stable")[:, : count + 1]
+        watched = np.take(history_rows, ranked).tolist()
+        kept = (np.take_along_axis(strength, ranked, axis=1) >= 0).tolist()
         named = []
-        for i in range(len(rows)):
-            picks = [int(followed[i])] if followed[i] >= FIRST_ID_ROW else []
+        for first, row_watched, row_kept in zip(followed.tolist(), watched, kept, strict=True):
+            picks = [first] if first >= FIRST_ID_ROW else []
             picks += [
-                int(history_rows[j])
-                for j in ranked[i]
-                if strength[i, j] >= 0 and int(history_rows[j]) not in picks
+                w for w, ok in zip(row_watched, row_kept, strict=True) if ok and w not in picks
             ]
             named.append(picks[:count])
         ids = self.catalogue.ids(np.asarray([r for row in named for r in row], dtype=np.int64))
         out, start = [], 0
+        ids = ids.tolist()
         for picks in named:
-            out.append(ids[start : start + len(picks)].tolist())
+            out.append(ids[start : start + len(picks)])
             start += len(picks)
         return out
 
@@ -676,16 +691,16 @@ class Recommender:
         if mode == "none" or len(order) <= 1:
             return order[:k].tolist()
         if mode == "category_cap":
-            categories = self.catalogue.primary_categories(rows)
+            categories = self.catalogue.primary_categories(rows).tolist()
             taken: dict[int, int] = {}
             chosen, overflow = [], []
-            for position in order:
-                category = int(categories[position])
+            for position in order.tolist():
+                category = categories[position]
                 if category and taken.get(category, 0) >= self.config.category_cap:
-                    overflow.append(int(position))
+                    overflow.append(position)
                     continue
                 taken[category] = taken.get(category, 0) + 1
-                chosen.append(int(position))
+                chosen.append(position)
                 if len(chosen) == k:
                     return chosen
             return (chosen + overflow)[:k]
@@ -801,6 +816,26 @@ class Recommender:
 
 
 _SOURCE_SCORES = [EVIDENCE_FEATURES.index(f"{name}_score") for name in ORIGINS[1:]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _EdgeCounts:
+    """One request's edge counts from its latest watches to its candidates, per source.
+
+    Attributes:
+        recent: ``[m] int64`` the latest watches, newest first.
+        counts: Source name to ``[m, k] float32`` counts (`ItemGraph.counts_of_one`).
+    """
+
+    recent: np.ndarray
+    counts: dict[str, np.ndarray]
+
+    def of(self, positions: np.ndarray) -> _EdgeCounts:
+        """The counts of the candidates at ``positions [j]`` only."""
+        return _EdgeCounts(
+            self.recent,
+            {name: np.take(c, positions, axis=1) for name, c in self.counts.items()},
+        )
 
 
 def _main_sources(evidence: np.ndarray, origins: np.ndarray) -> np.ndarray:

@@ -33,12 +33,14 @@ def video_fields(
         ``rows [...]``, ``embeddings [..., d]``, ``category_rows [..., C]``,
         ``creator_rows [...]``, ``numeric [..., F]``.
     """
+    # np.take: a gather along one axis, a few times cheaper than fancy indexing at one
+    # request's few hundred rows (the request path calls this once per request).
     return {
         "rows": rows,
-        "embeddings": embeddings[rows],
-        "category_rows": videos.category_rows[rows],
-        "creator_rows": videos.creator_rows[rows],
-        "numeric": videos.numeric[rows],
+        "embeddings": np.take(embeddings, rows, axis=0),
+        "category_rows": np.take(videos.category_rows, rows, axis=0),
+        "creator_rows": np.take(videos.creator_rows, rows, axis=0),
+        "numeric": np.take(videos.numeric, rows, axis=0),
     }
 
 
