@@ -245,7 +245,11 @@ class RankingConfig(TrainingConfig):
             engagement``; 0 ranks by the probability of being watched next alone.
         engagement_loss_weight: Weight of the engagement head's loss beside the watch head's.
         max_examples: Most recent training examples kept (bounds memory and time).
-        examples_per_user: Each user's latest training examples kept (0: all of them).
+        examples_per_user: Each user's latest training examples kept (0: all of them). A
+            request ranks for a user with their whole history behind them; early examples
+            (short histories, evidence counted without most of the user's pairs) look
+            unlike that and, for heavy users, outnumber everyone else's. Measured in
+            docs/design.md §6.
     """
 
     dim: int = 32
@@ -260,7 +264,7 @@ class RankingConfig(TrainingConfig):
     engagement_weight: float = 0.2
     engagement_loss_weight: float = 0.5
     max_examples: int = 1_000_000
-    examples_per_user: int = 0
+    examples_per_user: int = 20
     batch_size: int = 256
     max_epochs: int = 50
     patience: int = 3

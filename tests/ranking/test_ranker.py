@@ -1,5 +1,7 @@
 """The ranker on a tiny synthetic platform: causality, masking, export, attention."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,7 @@ RANKING = RankingConfig(
     batch_size=64,
     max_epochs=2,
     patience=2,
+    examples_per_user=0,  # every example: list positions line up with training events
 )
 SOURCES = CandidatesConfig(per_source=10, source_share=0.25)
 
@@ -96,6 +99,29 @@ def test_training_lists_follow_the_retrieval_stage(stages):
     watched = (negatives[:, :, None] == lists.history_rows[:, None, :]).any(axis=2)
     assert not (valid & watched).any()
     assert len(lists) == len(split.train) - split.train["user_id"].nunique()
+
+
+def test_training_lists_keep_each_users_latest_examples_when_asked(stages):
+    data, split, features, encoders, catalogue, lists, _, _, sources = stages
+    train = split.train
+    latest = training_lists(
+        train,
+        engagement_labels(train, data.videos),
+        features,
+        encoders,
+        catalogue,
+        dataclasses.replace(RANKING, examples_per_user=3),
+        sources,
+    )
+    per_user = train.groupby("user_id").size().to_numpy()
+    assert len(latest) == np.minimum(per_user - 1, 3).sum()
+    # Each user's last example is the same list whether earlier ones are kept or not.
+    last = np.cumsum(per_user - 1) - 1
+    last_latest = np.cumsum(np.minimum(per_user - 1, 3)) - 1
+    np.testing.assert_array_equal(latest.history_rows[last_latest], lists.history_rows[last])
+    np.testing.assert_array_equal(
+        latest.candidate_rows[last_latest, 0], lists.candidate_rows[last, 0]
+    )
 
 
 def test_a_later_event_does_not_change_an_earlier_example(stages):
