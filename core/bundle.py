@@ -282,6 +282,18 @@ class BundleStore:
             return []
         return sorted(p.name for p in self.bundles_dir.iterdir() if _BUNDLE_ID.match(p.name))
 
+    def evaluation_path(self, bundle_id: str) -> Path:
+        """Where a committed bundle's latest evaluation next to the baselines is kept.
+
+        Outside the bundle, which is immutable once committed: ``vidrec evaluate`` and the demo
+        write it, the inspector's bundle page reads it.
+
+        Raises:
+            BundleError: Unknown or malformed id.
+        """
+        self.path(bundle_id)
+        return self.root / "reports" / "evaluations" / f"{bundle_id}.json"
+
     def path(self, bundle_id: str) -> Path:
         """Directory of a committed bundle (its manifest is not read here: `read_manifest`
         and `verify_bundle` also check that it names this id).

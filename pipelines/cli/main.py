@@ -194,6 +194,7 @@ def _bundle_dir(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.bundle import BundleStore
     from core.config import EvaluationConfig
     from pipelines.jobs.evaluate import evaluate_dataset, format_table, write_result
 
@@ -214,6 +215,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.artifacts) / "reports" / "evaluation.json"
     write_result(result, out)
     print(f"wrote {out}")
+    store = BundleStore(args.artifacts)
+    if bundle_dir is not None and bundle_dir.resolve().parent == store.bundles_dir.resolve():
+        # The inspector's bundle page shows the latest evaluation of the bundle it serves.
+        write_result(result, store.evaluation_path(bundle_dir.name))
     return EXIT_OK
 
 

@@ -148,6 +148,7 @@ def run_demo(workdir: Path, seed: int = 0, budget_seconds: float = 240.0) -> Non
     print(format_table(evaluation))
     report = workdir / "reports" / "evaluation.json"
     write_result(evaluation, report)
+    write_result(evaluation, store.evaluation_path(result.bundle_id))
     print(f"      report: {report}; training curve: {result.bundle_dir}/reports/")
 
     print("[4/4] serving: the published bundle answers through the full request path")

@@ -152,6 +152,13 @@ class BundleResponse(BaseModel):
     training: dict[str, Any] = Field(
         description="Per-epoch training history of each stage (reports/*_training.json)."
     )
+    evaluation: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "The bundle's latest evaluation next to the baselines (`vidrec evaluate`, the "
+            "demo); null until one is run."
+        ),
+    )
 
 
 class SimilarItem(BaseModel):

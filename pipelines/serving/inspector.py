@@ -9,6 +9,7 @@ nothing from the internet and runs no inline script.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
 import json
+import logging
 import re
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,8 @@ from pipelines.serving.api_models import (
     VideoInfoResponse,
     error_responses,
 )
+
+logger = logging.getLogger(__name__)
 
 REPORTS_DIR = "reports"
 MAX_DESCRIBED = 500  # ids per GET /videos: a page shows a history and its recommendations
@@ -88,6 +91,7 @@ def bundle_summary(service: RecommenderService) -> dict[str, Any]:
             training[path.name.removesuffix("_training.json")] = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise BundleError(f"cannot read {path}: {error}") from error
+    evaluation = _evaluation(store.evaluation_path(current.bundle_id))
     return {
         "bundle_id": manifest.bundle_id,
         "created_at": manifest.created_at,
@@ -100,7 +104,29 @@ def bundle_summary(service: RecommenderService) -> dict[str, Any]:
         "published": events[::-1][:PUBLISH_EVENTS_SHOWN],
         "reports": sorted(report_files(directory)),
         "training": training,
+        "evaluation": evaluation,
     }
+
+
+def _evaluation(path: Path) -> dict[str, Any] | None:
+    """The evaluation report at ``path`` (`pipelines.jobs.evaluate.EvaluationResult.as_dict`),
+    or None when there is none or it is not one: a report beside the bundle, not part of it,
+    so the page shows the rest without it."""
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        logger.warning("cannot read the evaluation %s: %s", path, error)
+        return None
+    if not (
+        isinstance(report, dict)
+        and isinstance(report.get("columns"), list)
+        and isinstance(report.get("rows"), dict)
+    ):
+        logger.warning("%s is not an evaluation report (no columns and rows); ignored", path)
+        return None
+    return report
 
 
 def report_files(bundle_dir: Path) -> dict[str, Path]:

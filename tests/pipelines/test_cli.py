@@ -58,6 +58,9 @@ def test_evaluate_prints_a_table_and_writes_json(workspace, capsys):
         assert name in table
     result = json.loads(out.read_text())
     current = (workspace / "artifacts" / "CURRENT").read_text().strip()
+    # The same report is kept beside the store for the inspector's bundle page.
+    kept = workspace / "artifacts" / "reports" / "evaluations" / f"{current}.json"
+    assert json.loads(kept.read_text()) == result
     manifest = json.loads(
         (workspace / "artifacts" / "bundles" / current / "manifest.json").read_text()
     )

@@ -6,6 +6,7 @@ endpoints. Each figure on the page is compared with the JSON the page received a
 direct call of the same endpoint.
 """
 
+import json
 import socket
 import threading
 import time
@@ -192,14 +193,34 @@ def test_user_view_renders_the_api_answer(server, browser, tmp_path):
 
 def test_bundle_page_shows_the_serving_bundle(server, browser, tmp_path):
     url, service, _ = server
+    # A report as `vidrec evaluate` keeps it beside the store (figures made up, to be found).
+    evaluation = {
+        "dataset": {"name": "synthetic"},
+        "protocol": "leave-one-out per user",
+        "num_cases": 275,
+        "columns": ["ndcg@10", "recall@60"],
+        "rows": {"two_stage": {"ndcg@10": 0.1234, "recall@60": 0.5}, "ease": {"ndcg@10": 0.1}},
+        "seconds": {},
+        "bundle_id": service.current.bundle_id,
+    }
+    report = service.store.evaluation_path(service.current.bundle_id)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(evaluation))
     with httpx.Client(base_url=url) as client:
         bundle = client.get("/bundle").json()
+    assert bundle["evaluation"] == evaluation
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.goto(f"{url}/ui#bundle")
     page.wait_for_selector("#bundle-training table")
     assert page.text_content("#bundle-id") == service.current.bundle_id == bundle["bundle_id"]
+    rows = page.locator("#bundle-evaluation tbody tr")
+    assert [rows.nth(i).locator("td").all_text_contents() for i in range(rows.count())] == [
+        ["two_stage", "0.1234", "0.5000"],
+        ["ease", "0.1000", ""],
+    ]
+    assert page.text_content("#bundle-evaluation-note") == "275 users; leave-one-out per user"
     gate = bundle["metrics"]["stage_gate"]
     served = page.locator(f"#bundle-gate tbody tr[data-order='{gate['order']}'] td")
     assert served.all_text_contents() == [
@@ -235,6 +256,13 @@ def test_bundle_page_shows_the_serving_bundle(server, browser, tmp_path):
     print(f"\nbundle page screenshot: {screenshot}")
     assert problems == []
     page.close()
+    # A report that is not one (a hand-edited file) leaves the page without it, not broken.
+    report.write_text('["not", "a report"]')
+    with httpx.Client(base_url=url) as client:
+        response = client.get("/bundle")
+    assert response.status_code == 200
+    assert response.json()["evaluation"] is None
+    report.unlink()
 
 
 def test_page_and_reports_are_locked_to_this_server(server):

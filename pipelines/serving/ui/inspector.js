@@ -311,6 +311,36 @@ function gateTable(table, gate) {
   note.textContent = gate ? `${gate.reason || ""} (${gate.cases ?? "?"} validation users)` : "";
 }
 
+function evaluationTable(table, evaluation) {
+  // `vidrec evaluate`'s table: one row per scorer (the bundle's stages, each source alone,
+  // the baselines), one column per metric, in the report's own order.
+  const head = table.querySelector("thead");
+  head.replaceChildren();
+  const note = $("bundle-evaluation-note");
+  if (!evaluation) {
+    fillBody(table, [], () => {});
+    note.textContent =
+      "No evaluation of this bundle yet: `vidrec evaluate --data DIR --artifacts ROOT` writes one.";
+    return;
+  }
+  const tr = document.createElement("tr");
+  for (const name of ["scorer", ...evaluation.columns]) {
+    const th = document.createElement("th");
+    th.textContent = name;
+    tr.appendChild(th);
+  }
+  head.appendChild(tr);
+  fillBody(table, Object.entries(evaluation.rows), (row, [scorer, metrics]) => {
+    row.dataset.scorer = scorer;
+    cell(row, scorer);
+    for (const name of evaluation.columns) {
+      const value = metrics[name];
+      cell(row, value === undefined ? "" : formatValue(value), "num");
+    }
+  });
+  note.textContent = `${evaluation.num_cases} users; ${evaluation.protocol}`;
+}
+
 async function loadBundle() {
   const bundle = await api("GET", "/bundle");
   $("bundle-id").textContent = bundle.bundle_id;
@@ -322,6 +352,7 @@ async function loadBundle() {
     ...flatten(bundle.data, "data", []),
     ...flatten(bundle.counts, "counts", []),
   ]);
+  evaluationTable($("bundle-evaluation"), bundle.evaluation);
   const { stage_gate: gate, ...rest } = bundle.metrics;
   gateTable($("bundle-gate"), gate);
   keyValueRows($("bundle-metrics"), flatten(rest, "", []));
