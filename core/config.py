@@ -249,7 +249,7 @@ class RankingConfig(TrainingConfig):
             request ranks for a user with their whole history behind them; early examples
             (short histories, evidence counted without most of the user's pairs) look
             unlike that and, for heavy users, outnumber everyone else's. Measured in
-            docs/design.md §6.
+            docs/design.md §4 (train, step 4).
     """
 
     dim: int = 32
