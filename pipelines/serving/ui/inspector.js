@@ -64,6 +64,16 @@ function cell(row, text, className) {
   return td;
 }
 
+function videoRow(row, id, figure) {
+  // A video of the history or of the side list: id, title, categories, one figure, "similar".
+  row.dataset.videoId = String(id);
+  cell(row, String(id));
+  cell(row, title(id), "title");
+  cell(row, categories(id));
+  cell(row, figure, "num");
+  similarButton(row, id);
+}
+
 function similarButton(row, id) {
   const td = document.createElement("td");
   const button = document.createElement("button");
@@ -137,12 +147,7 @@ async function recommend() {
     similarButton(tr, item.video_id);
   });
   fillBody($("history"), watches.slice().reverse(), (tr, watch) => {
-    tr.dataset.videoId = String(watch.video_id);
-    cell(tr, String(watch.video_id));
-    cell(tr, title(watch.video_id), "title");
-    cell(tr, categories(watch.video_id));
-    cell(tr, watch.engagement === null ? "?" : watch.engagement.toFixed(2), "num");
-    similarButton(tr, watch.video_id);
+    videoRow(tr, watch.video_id, watch.engagement === null ? "?" : watch.engagement.toFixed(2));
   });
   drawHeatmap(result.items, attention);
 }
@@ -249,12 +254,7 @@ function showSide(heading, items) {
   $("side").hidden = false;
   $("side-title").textContent = heading;
   fillBody($("side-list"), items, (tr, item) => {
-    tr.dataset.videoId = String(item.video_id);
-    cell(tr, String(item.video_id));
-    cell(tr, title(item.video_id), "title");
-    cell(tr, categories(item.video_id));
-    cell(tr, item.score === undefined ? "" : item.score.toFixed(4), "num");
-    similarButton(tr, item.video_id);
+    videoRow(tr, item.video_id, item.score === undefined ? "" : item.score.toFixed(4));
   });
 }
 
