@@ -65,6 +65,24 @@ def serving_platform(shared_bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def load_tiny_service(serving_platform, tmp_path_factory):
+    """``load(name) -> RecommenderService``: the tiny bundle loaded over a new event store of
+    its own (a load costs seconds: a module shares one)."""
+    from pipelines.serve import RecommenderService
+    from pipelines.serving.events import EventStore
+
+    _, config, root, _ = serving_platform
+
+    def load(name: str) -> RecommenderService:
+        events = EventStore(tmp_path_factory.mktemp(name) / "events.db")
+        service = RecommenderService(root / "artifacts", events, config.serving)
+        service.reload()
+        return service
+
+    return load
+
+
+@pytest.fixture(scope="module")
 def cli_workspace(shared_bundle, tmp_path_factory):
     """A private copy per test module (tests add bundles to it) of a directory with ``data/``,
     ``config.json`` and ``artifacts/`` holding one bundle published by ``vidrec train``."""

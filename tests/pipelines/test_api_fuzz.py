@@ -23,10 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from pipelines.serve import RecommenderService
 from pipelines.serving.app import create_app
 from pipelines.serving.auth import KeyRing
-from pipelines.serving.events import EventStore
 from tests.tiny import ADMIN_KEY, KEY_ENV
 
 EXAMPLES_PER_OPERATION = 25
@@ -43,11 +41,8 @@ STATUSES: collections.Counter = collections.Counter()
 
 
 @pytest.fixture(scope="module")
-def fuzzed_service(serving_platform, tmp_path_factory):
-    _, config, root, _ = serving_platform
-    events = EventStore(tmp_path_factory.mktemp("fuzz") / "events.db")
-    service = RecommenderService(root / "artifacts", events, config.serving)
-    service.reload()
+def fuzzed_service(load_tiny_service):
+    service = load_tiny_service("fuzz")
     yield service
     total = sum(STATUSES.values())
     print(f"\nfuzzed {total} requests; statuses {dict(sorted(STATUSES.items()))}")

@@ -19,19 +19,15 @@ import pytest
 
 from core.schema import validate_videos
 from core.vocab import FIRST_ID_ROW
-from pipelines.serve import Recommender, RecommenderService
-from pipelines.serving.events import EventStore
+from pipelines.serve import Recommender
 
 FIRST_UPLOAD_ID = 10**12
 
 
 @pytest.fixture(scope="module")
-def recommender(serving_platform, tmp_path_factory):
+def recommender(load_tiny_service):
     """The tiny bundle loaded once for this module, over its own event store."""
-    _, config, root, _ = serving_platform
-    events = EventStore(tmp_path_factory.mktemp("diversity") / "events.db")
-    service = RecommenderService(root / "artifacts", events, config.serving)
-    service.reload()
+    service = load_tiny_service("diversity")
     yield service.current
     service.close()
 

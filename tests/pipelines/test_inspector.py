@@ -17,10 +17,8 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
-from pipelines.serve import RecommenderService
 from pipelines.serving.app import create_app
 from pipelines.serving.auth import KeyRing
-from pipelines.serving.events import EventStore
 from tests.tiny import ADMIN_KEY, KEY_ENV
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; `make chromium` installs it
@@ -36,12 +34,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(serving_platform, tmp_path_factory):
+def server(serving_platform, load_tiny_service):
     """``(base URL, service, data)`` of a real server over the tiny bundle, keys configured."""
-    data, config, root, _ = serving_platform
-    events = EventStore(tmp_path_factory.mktemp("inspector") / "events.db")
-    service = RecommenderService(root / "artifacts", events, config.serving)
-    service.reload()
+    data, config, _, _ = serving_platform
+    service = load_tiny_service("inspector")
     app = create_app(service, config.serving, KeyRing(config.serving, environ=KEY_ENV))
     port = _free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

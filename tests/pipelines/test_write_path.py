@@ -30,13 +30,9 @@ TOO_BIG = 2**63
 
 
 @pytest.fixture(scope="module")
-def service(serving_platform, tmp_path_factory):
+def service(load_tiny_service):
     """One loaded service over its own event store (a load costs seconds: share it)."""
-    _, config, root, _ = serving_platform
-    events = EventStore(tmp_path_factory.mktemp("write-path") / "events.db")
-    service = RecommenderService(root / "artifacts", events, config.serving)
-    service.reload()
-    return service
+    return load_tiny_service("write-path")
 
 
 @pytest.fixture(scope="module")
