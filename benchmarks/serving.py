@@ -196,7 +196,7 @@ def naive_pipeline(recommender, users: np.ndarray, now: float) -> dict[str, floa
         top = np.argpartition(-scores, 300)[:300]
         top = top[np.argsort(-scores[top])] + 2
         # The same merge with the item-to-item sources and the same evidence as the fast path.
-        merged, evidence, _ = recommender._merge_sources(query, rows, top, watched, now, embeddings)
+        merged, evidence = recommender._merge_sources(query, rows, top, watched, now, embeddings)
         candidates = merged.rows
         h = recommender.ranker_history
         recent_engagement = np.full((1, h), 0.5, np.float32)

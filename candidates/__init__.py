@@ -2,7 +2,8 @@
 events, merged with the index's candidates, and the evidence the ranker reads about each;
 `candidates.request` does the same for one request at a fraction of the numpy calls.
 
-numpy only: `core` <- `candidates` <- `pipelines` (docs/design.md §2).
+numpy (and numba for the request path's loops, `candidates.kernels`): `core` <- `candidates` <-
+`pipelines` (docs/design.md §2).
 """
 
 from candidates.graph import ItemGraph

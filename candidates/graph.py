@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from candidates import kernels
 from core.errors import BundleError
 from core.io import atomic_save_npy
 from core.vocab import FIRST_ID_ROW
 
 GRAPH_FILES: tuple[str, ...] = ("indptr", "columns", "counts", "totals")
+_NOTHING = np.zeros(0, dtype=np.int64)
 # Up to this many source rows (one request's latest watches), `counts_between` searches each
 # row's own edges; beyond, one search over all edges serves a whole batch.
 _ROW_BY_ROW = 16
@@ -146,50 +148,28 @@ class ItemGraph:
         Returns:
             ``(rows [n] int64, scores [n] float32)``, best first, 0 past the last target.
         """
-        rows_out = np.zeros(n, dtype=np.int64)
-        scores_out = np.zeros(n, dtype=np.float32)
-        columns, values = [], []
-        for row, weight in zip(sources.tolist(), np.asarray(source_weights).tolist(), strict=True):
-            if not FIRST_ID_ROW <= row < self.num_rows:
-                continue
-            start, stop = int(self.indptr[row]), int(self.indptr[row + 1])
-            if start < stop:
-                columns.append(self.columns[start:stop])
-                values.append(
-                    self.counts[start:stop] * (weight / max(float(self.totals[row]), 1e-12))
-                )
-        if not columns or n == 0:
-            return rows_out, scores_out
-        targets, inverse = np.unique(np.concatenate(columns), return_inverse=True)
-        scores = np.bincount(inverse, weights=np.concatenate(values), minlength=len(targets))
-        if excluded is not None and len(excluded):
-            position = np.minimum(np.searchsorted(excluded, targets), len(excluded) - 1)
-            allowed = excluded[position] != targets
-            targets, scores = targets[allowed], scores[allowed]
-        best = np.argsort(-scores, kind="stable")[:n]  # targets ascend: ties keep the smaller row
-        rows_out[: len(best)] = targets[best]
-        scores_out[: len(best)] = scores[best]
-        return rows_out, scores_out
+        return kernels.top_of_one(
+            self.indptr,
+            self.columns,
+            self.counts,
+            self.totals,
+            np.asarray(sources, dtype=np.int64),
+            np.asarray(source_weights, dtype=np.float64),
+            int(n),
+            _NOTHING if excluded is None else np.asarray(excluded, dtype=np.int64),
+        )
 
     def counts_of_one(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """`counts_between` for one list, ``[m, k] float32`` for ``sources [m]`` and
-        ``targets [k]``: one search over the few sources' own edges (their keys, in row
-        order, ascend) instead of one over every edge of the graph, which at a million videos
-        costs a cache miss per step."""
-        sources = np.asarray(sources, dtype=np.int64)
-        targets = np.asarray(targets, dtype=np.int64)
-        r = self.num_rows
-        held = sorted({row for row in sources.tolist() if FIRST_ID_ROW <= row < r})
-        spans = [(int(self.indptr[row]), int(self.indptr[row + 1])) for row in held]
-        spans = [(start, stop) for start, stop in spans if start < stop]
-        if not spans:
-            return np.zeros((len(sources), len(targets)), dtype=np.float32)
-        keys = np.concatenate([self._keys[start:stop] for start, stop in spans])
-        counts = np.concatenate([self.counts[start:stop] for start, stop in spans])
-        wanted = sources[:, None] * r + targets[None, :]
-        position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        found = (keys[position] == wanted) & ((targets >= FIRST_ID_ROW) & (targets < r))[None, :]
-        return np.where(found, counts[position], np.float32(0.0))
+        ``targets [k]``: a search in the few sources' own edges instead of one over every
+        edge of the graph, which at a million videos costs a cache miss per step."""
+        return kernels.counts_of_one(
+            self.indptr,
+            self.columns,
+            self.counts,
+            np.asarray(sources, dtype=np.int64),
+            np.asarray(targets, dtype=np.int64),
+        )
 
     def _counts_of_one_list(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """`counts_between` for one list of any leading shape of ones (`counts_of_one`)."""

@@ -5,8 +5,9 @@ user, with the same answers as the batched functions (`CandidateSources.propose`
 At one user's shapes (300 candidates, five latest watches) the request path's cost is the
 number of numpy calls, not arithmetic: the batched functions build ``[b, ...]`` index
 arithmetic that a single list does not need. `RequestSources` wraps one bundle's sources with
-what every request reads precomputed, and answers with 1-D arrays. Evaluation and training
-keep the batched functions; tests check the two agree exactly.
+what every request reads precomputed, and answers with 1-D arrays from the compiled loops of
+`candidates.kernels`. Evaluation and training keep the batched functions; tests check the two
+agree exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 
 import numpy as np
 
+from candidates import kernels
 from candidates.sources import _COLUMN, _FRESHNESS_SCALE, EVIDENCE_WIDTH, ORIGINS, CandidateSources
 from core.vocab import FIRST_ID_ROW
 
@@ -55,51 +57,16 @@ def merge_one_list(
     Returns:
         The filled slots, equal to ``merge_candidates(index_rows[None], ...)``'s valid ones.
     """
-    index_rows = np.asarray(index_rows, dtype=np.int64)
-    n = len(index_rows)
-    head = min(max(num_slots - source_slots, 0), n)
     names = [name for name in ORIGINS[1:] if name in proposals]
     if names:
-        stacked = np.stack([proposals[name][0] for name in names], axis=1)  # [p, s]
-        interleaved = stacked.reshape(-1).astype(np.int64, copy=False)
-        tags = np.broadcast_to([ORIGINS.index(name) for name in names], stacked.shape).ravel()
+        proposed = np.stack([proposals[name][0] for name in names], axis=1).astype(np.int64)
     else:
-        interleaved = tags = np.zeros(0, dtype=np.int64)
-    added = len(interleaved)
-    pool = np.concatenate([index_rows[:head], interleaved, index_rows[head:]])
-    tag = np.concatenate([np.zeros(head, np.int64), tags, np.zeros(n - head, np.int64)])
-    # Position in the index's list of each pool slot, past every real one for the sources'.
-    absent = n
-    index_position = np.concatenate([np.arange(head), np.full(added, absent), np.arange(head, n)])
-    real = np.flatnonzero(pool >= FIRST_ID_ROW)
-    pool, tag, index_position = pool[real], tag[real], index_position[real]
-    if len(pool) == 0:
-        return RequestCandidates(
-            np.zeros(0, np.int64), np.zeros((0, len(ORIGINS)), bool), np.zeros(0, np.int64)
-        )
-    # Stable: within one video, the earliest slot of the pool comes first.
-    order = np.argsort(pool, kind="stable")
-    ordered = pool[order]
-    change = np.empty(len(ordered), dtype=bool)
-    change[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    bits = np.bitwise_or.reduceat(_BITS[tag[order]], starts)
-    rank = np.minimum.reduceat(index_position[order], starts)
-    video = np.empty(len(pool), dtype=np.int64)  # each slot's video, numbered in sorted order
-    video[order] = np.cumsum(change) - 1
-    new = np.zeros(len(pool), dtype=bool)
-    new[order[starts]] = True
-    from_sources = tag > 0
-    kept = new & ~(from_sources & (np.cumsum(new & from_sources) > source_slots))
-    slots = np.flatnonzero(kept)[:num_slots]
-    chosen = video[slots]
-    rank = rank[chosen]
-    return RequestCandidates(
-        pool[slots],
-        (bits[chosen][:, None] & _BITS) != 0,
-        np.where(rank < absent, rank, -1),
+        proposed = np.zeros((0, 0), dtype=np.int64)
+    tags = np.array([ORIGINS.index(name) for name in names], dtype=np.int64)
+    rows, bits, rank = kernels.merge_one_list(
+        np.asarray(index_rows, dtype=np.int64), proposed, tags, int(num_slots), int(source_slots)
     )
+    return RequestCandidates(rows, (bits[:, None] & _BITS) != 0, rank)
 
 
 class RequestSources:
@@ -119,7 +86,6 @@ class RequestSources:
         self.graphs = sources.graphs
         self.num_rows = sources.num_rows
         self._weights = sources.recency_weights
-        self._column_weights = self._weights[:, None]
         popularity = np.log1p(sources.popularity.astype(np.float64))
         popularity /= np.log1p(max(float(sources.popularity.max(initial=0)), 1))
         # Rows 0 and 1 (padding, OOV) read as unknown, as `CandidateSources.evidence` does.
@@ -160,7 +126,6 @@ class RequestSources:
         candidates: RequestCandidates,
         retrieval_scores: np.ndarray,
         now: float,
-        edge_counts: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """``[k, EVIDENCE_WIDTH] float32``: `CandidateSources.evidence` of one list.
 
@@ -169,8 +134,6 @@ class RequestSources:
             candidates: The merged candidates.
             retrieval_scores: ``[k] float32`` their inner products with the query.
             now: The request time in seconds (for freshness).
-            edge_counts: If given, filled with each source's ``counts_between(recent,
-                rows)``, ``[m, k] float32``, which the answer's "because" reads again.
         """
         rows = candidates.rows
         out = np.zeros((len(rows), EVIDENCE_WIDTH), dtype=np.float32)
@@ -179,23 +142,24 @@ class RequestSources:
         out[:, _COLUMN["retrieval_rank"]] = np.where(
             rank >= 0, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0
         )
-        weights = self._column_weights
         for name, graph in self.graphs.items():
-            found = graph.counts_of_one(recent, rows)  # [m, k]
-            if edge_counts is not None:
-                edge_counts[name] = found
-            counts = found.astype(np.float64)
-            if name == "creator":
-                out[:, _COLUMN["creator_score"]] = (weights * counts).sum(axis=0)
-                continue
-            totals = graph.row_totals(recent)[:, None]
-            score = (weights * (counts / np.maximum(totals, 1.0))).sum(axis=0)
+            score, weighted_count, newest_count = kernels.edge_evidence(
+                graph.indptr,
+                graph.columns,
+                graph.counts,
+                graph.totals,
+                recent,
+                self._weights,
+                rows,
+            )
             if name == "transition":
                 out[:, _COLUMN["transition_score"]] = score
-                out[:, _COLUMN["transition_last_count"]] = np.log1p(counts[0])
-            else:
+                out[:, _COLUMN["transition_last_count"]] = np.log1p(newest_count)
+            elif name == "covisit":
                 out[:, _COLUMN["covisit_score"]] = score
-                out[:, _COLUMN["covisit_count"]] = np.log1p((weights * counts).sum(axis=0))
+                out[:, _COLUMN["covisit_count"]] = np.log1p(weighted_count)
+            else:
+                out[:, _COLUMN["creator_score"]] = weighted_count
         first = _COLUMN[f"from_{ORIGINS[0]}"]
         out[:, first : first + len(ORIGINS)] = candidates.origins
         held = rows < self.num_rows  # merged rows are real videos: only uploads are past
@@ -209,3 +173,12 @@ class RequestSources:
         )
         out[:, _COLUMN["upload_known"]] = known
         return out
+
+    def followed_watches(self, name: str, recent: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``[k] int64``: the latest watch each of ``rows [k]`` follows most strongly in
+        source ``name`` (its edge's conditional probability; the newest on ties), -1 where
+        none of ``recent [m]`` leads to it."""
+        graph = self.graphs[name]
+        return kernels.strongest_edge(
+            graph.indptr, graph.columns, graph.counts, graph.totals, recent, rows
+        )

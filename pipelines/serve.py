@@ -494,9 +494,7 @@ class Recommender:
         # The catalogue is read again: an upload applied since the tower's read may be a
         # candidate now, with a row past the earlier views.
         embeddings = self.catalogue.embeddings
-        merged, evidence, edge_counts = self._merge_sources(
-            query, rows, index_rows, excluded, now, embeddings
-        )
+        merged, evidence = self._merge_sources(query, rows, index_rows, excluded, now, embeddings)
         candidate_rows = merged.rows
         timer.mark("sources")
         if len(candidate_rows) == 0:
@@ -534,7 +532,6 @@ class Recommender:
             None if attention is None else np.take(attention, order, axis=0),
             history_rows,
             embeddings,
-            edge_counts.of(order),
         )
         # Plain Python values once, not a numpy scalar per item and field.
         flags = origins.tolist()
@@ -582,9 +579,8 @@ class Recommender:
         excluded: np.ndarray,
         now: float,
         embeddings: np.ndarray,
-    ) -> tuple[RequestCandidates, np.ndarray, _EdgeCounts]:
-        """The index's candidates merged with the item-to-item sources', their evidence and
-        the edge counts it read.
+    ) -> tuple[RequestCandidates, np.ndarray]:
+        """The index's candidates merged with the item-to-item sources', and their evidence.
 
         Args:
             query: ``[1, d] float32`` the user's query.
@@ -595,7 +591,7 @@ class Recommender:
             embeddings: ``[rows, d] float32`` the live catalogue's embeddings.
 
         Returns:
-            ``(merged candidates, evidence [k, E] float32, edge counts)``.
+            ``(merged candidates, evidence [k, E] float32)``.
         """
         sources = self._request_sources
         recent = sources.recent(history_rows)
@@ -611,9 +607,7 @@ class Recommender:
             self.sources.config.source_slots(self.config.candidates),
         )
         scores = np.take(embeddings, merged.rows, axis=0) @ query[0]
-        edge_counts: dict[str, np.ndarray] = {}
-        evidence = sources.evidence(recent, merged, scores, now, edge_counts)
-        return merged, evidence, _EdgeCounts(recent, edge_counts)
+        return merged, sources.evidence(recent, merged, scores, now)
 
     def _because(
         self,
@@ -622,7 +616,6 @@ class Recommender:
         attention: np.ndarray | None,
         history_rows: np.ndarray,
         embeddings: np.ndarray,
-        edge_counts: _EdgeCounts | None = None,
     ) -> list[list[int]]:
         """Per returned item, the watched ids it comes from, the strongest evidence first.
 
@@ -637,8 +630,6 @@ class Recommender:
             attention: ``[k, H]`` the ranker's attention over ``history_rows``, or None.
             history_rows: ``[H] int64`` the watches, oldest first (0 on padding).
             embeddings: ``[rows, d]`` the live catalogue's embeddings.
-            edge_counts: The sources' counts from the latest watches to ``rows``, already
-                read for the evidence (read again from the graphs when absent).
         """
         count = self.config.because
         if count == 0 or len(rows) == 0:
@@ -646,20 +637,12 @@ class Recommender:
         # The watch each item follows in the source that brought it (the strongest
         # conditional probability, not the most recent watch): -1 for retrieval's items.
         recent = self._request_sources.recent(history_rows)  # newest first
-        if edge_counts is not None and not np.array_equal(edge_counts.recent, recent):
-            edge_counts = None  # the ranker read fewer watches than the sources
         followed = np.full(len(rows), -1, dtype=np.int64)
         for name, source in zip(ORIGINS[1:], main[1:], strict=True):
-            graph = self.sources.graphs.get(name)
-            if graph is None or not source.any():
-                continue
-            if edge_counts is None:
-                pull = graph.counts_of_one(recent, rows[source])
-            else:
-                pull = edge_counts.counts[name][:, source]
-            pull /= np.maximum(graph.row_totals(recent), 1.0)[:, None]
-            strongest = np.argmax(pull, axis=0)
-            followed[source] = np.where(pull.max(axis=0) > 0, recent[strongest], -1)
+            if name in self.sources.graphs and source.any():
+                followed[source] = self._request_sources.followed_watches(
+                    name, recent, rows[source]
+                )
         shown = history_rows >= FIRST_ID_ROW
         similarity = np.maximum(
             np.take(embeddings, rows, axis=0) @ np.take(embeddings, history_rows, axis=0).T, 0.0
@@ -816,26 +799,6 @@ class Recommender:
 
 
 _SOURCE_SCORES = [EVIDENCE_FEATURES.index(f"{name}_score") for name in ORIGINS[1:]]
-
-
-@dataclasses.dataclass(frozen=True)
-class _EdgeCounts:
-    """One request's edge counts from its latest watches to its candidates, per source.
-
-    Attributes:
-        recent: ``[m] int64`` the latest watches, newest first.
-        counts: Source name to ``[m, k] float32`` counts (`ItemGraph.counts_of_one`).
-    """
-
-    recent: np.ndarray
-    counts: dict[str, np.ndarray]
-
-    def of(self, positions: np.ndarray) -> _EdgeCounts:
-        """The counts of the candidates at ``positions [j]`` only."""
-        return _EdgeCounts(
-            self.recent,
-            {name: np.take(c, positions, axis=1) for name, c in self.counts.items()},
-        )
 
 
 def _main_sources(evidence: np.ndarray, origins: np.ndarray) -> np.ndarray:

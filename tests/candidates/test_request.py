@@ -119,11 +119,15 @@ def test_one_request_proposes_and_describes_as_the_batch_does():
         merged = merge_one_list(index_rows, proposals, 80, 30)
         scores = rng.normal(size=len(merged.rows)).astype(np.float32)
         now = 1.2e6
-        edge_counts = {}
-        one = request.evidence(recent, merged, scores, now, edge_counts)
+        one = request.evidence(recent, merged, scores, now)
         for name, graph in sources.graphs.items():
-            counts = graph.counts_between(recent[None], merged.rows[None])[0]
-            np.testing.assert_array_equal(edge_counts[name], counts)
+            # The watch each candidate follows most strongly, from the batched counts.
+            pull = graph.counts_between(recent[None], merged.rows[None])[0]
+            pull /= np.maximum(graph.row_totals(recent), 1.0)[:, None]
+            expected = np.where(pull.max(axis=0) > 0, recent[np.argmax(pull, axis=0)], -1)
+            followed = request.followed_watches(name, recent, merged.rows)
+            np.testing.assert_array_equal(followed, expected)
+            assert (followed >= 0).any()
         batch = sources.evidence(
             recent[None],
             merged.rows[None],
@@ -146,3 +150,25 @@ def test_counts_of_one_list_read_only_the_given_rows_edges():
         [[1, 0, 0, 0, 0], [1, 2, 0, 0, 0], [0, 0, 0, 0, 0], [1, 2, 0, 0, 0], [0, 0, 0, 0, 0]],
     )
     assert counts.dtype == np.float32
+
+
+def test_followed_watch_is_the_strongest_edge_and_the_newest_on_ties():
+    # 2->5 once of 2 (0.5), 3->5 twice of 4 (0.5), 4->5 once of 1 (1.0), 3->6 twice of 4.
+    pairs = [(2, 5), (2, 7), (3, 5), (3, 5), (3, 6), (3, 6), (4, 5)]
+    graph = ItemGraph.from_pairs(
+        np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]), 9, 5
+    )
+    config = CandidatesConfig(sources=("covisit",), recent_watches=3)
+    sources = CandidateSources(
+        config, {"covisit": graph}, np.zeros(9, np.float32), np.full(9, np.nan)
+    )
+    request = RequestSources(sources)
+    rows = np.array([5, 6, 8, 12])  # 8: no edge; 12: an upload past the graph
+    # Newest first: 3 then 2 tie on 5 (0.5 each): the newer, 3.
+    np.testing.assert_array_equal(
+        request.followed_watches("covisit", np.array([3, 2, 0]), rows), [3, 3, -1, -1]
+    )
+    # With 4 among the watches, its 1.0 wins wherever it is.
+    np.testing.assert_array_equal(
+        request.followed_watches("covisit", np.array([2, 3, 4]), rows), [4, 3, -1, -1]
+    )
