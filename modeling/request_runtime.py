@@ -9,9 +9,12 @@ runtimes are offered (``serving.request_runtime``, `core.config.REQUEST_RUNTIMES
 - ``"litert"`` (default): the concrete function converted to a LiteRT flatbuffer (builtin ops
   only, weights included) and run by the LiteRT interpreter, whose call costs microseconds and
   whose kernels use the CPU's AVX2/FMA. On the 1M-video bundle: tower 0.18 ms against 0.64 ms
-  under XLA, ranker 0.49 ms against 1.29 ms, same outputs to 1e-5. Conversion takes a few
-  seconds when the bundle loads (the ranker's id table is copied into the flatbuffer).
-  The conversion runs in a child process when the model comes from a SavedModel on disk: it
+  under XLA, ranker 0.49 ms against 1.29 ms, same outputs to 1e-5. Conversion takes about
+  20 s at a million videos (the ranker's id table is copied into the flatbuffer), so the jobs
+  that write a bundle convert once (`write_converted`) and keep the flatbuffer beside its
+  SavedModel, checksummed like every bundle file. A server maps that file (every worker reads
+  the same pages) when its recorded shape is the request's; otherwise (an older bundle, a
+  server configured for other shapes) it converts at load, in a child process: conversion
   holds the GIL for seconds at a time, which would stall the requests a server is answering
   while a new bundle loads aside. The child (`modeling.child_process.ChildProcess`) dies with
   the server, however the server ends.
@@ -26,6 +29,7 @@ by its module and name.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -38,6 +42,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from core.config import REQUEST_RUNTIMES
 from core.errors import BundleError
+from core.io import atomic_write_bytes, atomic_write_json
 from modeling.child_process import ChildProcess
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,85 @@ Signature = list[tf.TensorSpec]
 
 Builder = Callable[..., tuple[Callable[..., dict[str, tf.Tensor]], Signature]]
 """``(model function, *shape) -> (request function, its input signature)``; module-level."""
+
+# Beside a SavedModel directory, the LiteRT conversions of its functions.
+CONVERTED_DIR = "request"
+
+
+def _converted_files(saved_model_dir: Path, attribute: str) -> tuple[Path, Path]:
+    """``(flatbuffer, description)`` of ``attribute``'s stored conversion."""
+    directory = Path(saved_model_dir).parent / CONVERTED_DIR
+    return directory / f"{attribute}.tflite", directory / f"{attribute}.json"
+
+
+def _description(builder: Builder, shape: tuple[int, ...]) -> dict[str, object]:
+    return {"builder": f"{builder.__module__}.{builder.__qualname__}", "shape": list(shape)}
+
+
+def write_converted(
+    builder: Builder,
+    attribute: str,
+    saved_model_dir: Path,
+    shape: tuple[int, ...],
+    converter: ChildProcess,
+) -> Path:
+    """Converts a SavedModel's function at ``shape`` once and stores it beside the SavedModel
+    (``../request/<attribute>.tflite`` and a description of its builder and shape), for
+    `request_runner` to map instead of converting at every load.
+
+    Args:
+        builder: The request function's builder (see the module docstring).
+        attribute: The model function's name on the SavedModel.
+        saved_model_dir: The SavedModel, inside a staged bundle.
+        shape: The builder's shape arguments the servers will ask for.
+        converter: The conversion child (`conversion_process`).
+
+    Returns:
+        The flatbuffer's path.
+
+    Raises:
+        BundleError: LiteRT cannot convert the model.
+    """
+    started = time.perf_counter()
+    try:
+        flatbuffer = converter.call(
+            convert_saved_model, builder, attribute, str(saved_model_dir), shape
+        )
+    except Exception as error:  # the converter raises several unrelated types
+        raise BundleError(f"cannot convert {saved_model_dir} to LiteRT: {error}") from error
+    model_path, description_path = _converted_files(saved_model_dir, attribute)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(model_path, flatbuffer)
+    atomic_write_json(description_path, _description(builder, shape))
+    logger.info(
+        "converted %s to LiteRT in %.1f s (%.1f MB)",
+        model_path.relative_to(Path(saved_model_dir).parent.parent),
+        time.perf_counter() - started,
+        len(flatbuffer) / 1e6,
+    )
+    return model_path
+
+
+def stored_conversion(
+    saved_model_dir: Path | None, attribute: str, builder: Builder, shape: tuple[int, ...]
+) -> Path | None:
+    """The flatbuffer `write_converted` stored for exactly this builder and shape, if any."""
+    if saved_model_dir is None:
+        return None
+    model_path, description_path = _converted_files(saved_model_dir, attribute)
+    try:
+        description = json.loads(description_path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if description != _description(builder, shape) or not model_path.is_file():
+        logger.info(
+            "%s was converted for %s, not %s: converting again",
+            model_path.name,
+            description,
+            _description(builder, shape),
+        )
+        return None
+    return model_path
 
 
 def _to_litert(function: Callable[..., object], signature: Signature, keepalive: object) -> bytes:
@@ -121,6 +205,12 @@ def request_runner(
 
         return run_tensorflow
     started = time.perf_counter()
+    stored = stored_conversion(saved_model_dir, attribute, builder, shape)
+    if stored is not None:
+        # Mapped, not read: the workers of one server share the file's pages.
+        interpreter = Interpreter(model_path=str(stored), num_threads=1)
+        logger.info("%s: LiteRT model from the bundle (%s)", what, stored.name)
+        return _litert_runner(interpreter, signature)
     try:
         if saved_model_dir is None:
             flatbuffer = _to_litert(function, signature, keepalive)
@@ -136,16 +226,20 @@ def request_runner(
             f"cannot convert the {what} to LiteRT ({error}); serve it with "
             'serving.request_runtime "xla" instead'
         ) from error
-    runner = Interpreter(model_content=flatbuffer, num_threads=1).get_signature_runner()
-    # A signature runner reuses its buffers: one call at a time per runner.
-    lock = threading.Lock()
-    names = [spec.name for spec in signature]
     logger.info(
         "%s converted to LiteRT in %.1f s (%.1f MB)",
         what,
         time.perf_counter() - started,
         len(flatbuffer) / 1e6,
     )
+    return _litert_runner(Interpreter(model_content=flatbuffer, num_threads=1), signature)
+
+
+def _litert_runner(interpreter: Interpreter, signature: Signature) -> Runner:
+    runner = interpreter.get_signature_runner()
+    # A signature runner reuses its buffers: one call at a time per runner.
+    lock = threading.Lock()
+    names = [spec.name for spec in signature]
 
     def run_litert(*arrays: np.ndarray) -> dict[str, np.ndarray]:
         with lock:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from candidates import SERVING_ORDERS, CandidateSources
+from candidates import EVIDENCE_WIDTH, SERVING_ORDERS, CandidateSources
 from candidates.sources import TWO_STAGE
 from core.bundle import Manifest, verify_bundle
 from core.config import VidrecConfig, config_from_dict, config_to_dict
@@ -36,10 +36,15 @@ from core.io import atomic_save_npy, atomic_write_json
 from core.training import TrainingHistory
 from core.vocab import FIRST_ID_ROW
 from index import VideoIndex
+from modeling.request_runtime import conversion_process, write_converted
 from pipelines import plots
+from ranking.encoders import SAVED_MODEL_DIR as RANKER_SAVED_MODEL
 from ranking.encoders import RankerScorer
+from ranking.request import packed_score_function
 from ranking.train import TrainedRanker
+from retrieval.encoders import SAVED_MODEL_DIR as RETRIEVAL_SAVED_MODEL
 from retrieval.encoders import RetrievalEncoders
+from retrieval.request import query_function
 from retrieval.train import TrainedRetrieval
 
 logger = logging.getLogger(__name__)
@@ -100,6 +105,45 @@ def write_ranking(bundle_dir: Path, trained: TrainedRanker) -> None:
     """Writes the ranker and its training report."""
     trained.scorer().save(bundle_dir / "ranking")
     _write_training_report(bundle_dir, "ranking", "multi-head-attention ranker", trained.history)
+
+
+def write_request_models(bundle_dir: Path, config: VidrecConfig, features: FeatureSpace) -> None:
+    """Converts both towers' request functions to LiteRT once, at the shapes a server with
+    this ``config`` asks for, and stores them beside their SavedModels, so that no server
+    converts at load (`modeling.request_runtime.write_converted`).
+
+    Args:
+        bundle_dir: The staged bundle, with ``retrieval/`` and ``ranking/`` written.
+        config: The bundle's configuration (shapes: histories, candidates, dimensions).
+        features: The feature space the models were trained with.
+
+    Raises:
+        BundleError: LiteRT cannot convert a model.
+    """
+    num_attributes = len(features.user_attributes)
+    dim = config.retrieval.embedding_dim
+    with conversion_process() as converter:
+        write_converted(
+            query_function,
+            "query",
+            bundle_dir / "retrieval" / RETRIEVAL_SAVED_MODEL,
+            (features.config.history_length, dim, num_attributes),
+            converter,
+        )
+        write_converted(
+            packed_score_function,
+            "score",
+            bundle_dir / "ranking" / RANKER_SAVED_MODEL,
+            (
+                config.ranking.history_length,
+                config.serving.candidates,
+                dim,
+                features.config.max_categories,
+                num_attributes,
+                EVIDENCE_WIDTH,
+            ),
+            converter,
+        )
 
 
 def write_candidates(bundle_dir: Path, sources: CandidateSources) -> None:

@@ -319,6 +319,8 @@ def write_bundle(
         artifacts.write_retrieval(path, stages.retrieval, catalogue=stages.catalogue)
         save_weights(path / "retrieval", stages.retrieval.model.get_weights())
         artifacts.write_ranking(path, stages.ranker)
+        if config.serving.request_runtime == "litert":
+            artifacts.write_request_models(path, config, stages.features)
         artifacts.write_candidates(path, stages.sources)
         save_weights(path / "ranking", stages.ranker.model.get_weights())
         index_stage.write_index(path, stages.index)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,12 +19,18 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from core.bundle import BundleStore
+from candidates import EVIDENCE_WIDTH
+from core.bundle import BundleStore, read_manifest
 from core.config import ServingConfig
+from core.errors import BundleError
+from modeling.request_runtime import stored_conversion
+from pipelines import artifacts
+from pipelines.artifacts import load_bundle
 from pipelines.serve import RecommenderService
 from pipelines.serving.app import create_app
 from pipelines.serving.auth import KeyRing
 from pipelines.serving.events import EventStore
+from ranking.request import packed_score_function
 from tests.tiny import ADMIN_KEY, INGEST_KEY, KEY_ENV, SMALL_BODIES
 
 API_KEY = ADMIN_KEY
@@ -75,13 +82,44 @@ def test_recommend_for_a_known_user(served):
     assert (weights >= 0).all() and (weights.sum(axis=1) <= 1.0 + 1e-3).all()
 
 
-def test_litert_serves_the_same_answers_as_tensorflow(platform, served, tmp_path):
+def test_litert_models_stored_in_the_bundle_serve_the_same_answers(
+    platform, served, tmp_path, caplog
+):
+    """A bundle written with LiteRT conversions is served from those files, converting
+    nothing at load, with the answers of TensorFlow; another shape is not taken for them."""
     data, config, root, _ = platform
     _, graph, _, events = served
-    litert = RecommenderService(
-        root / "artifacts", events, dataclasses.replace(config.serving, request_runtime="litert")
-    )
+    source = BundleStore(root / "artifacts")
+    source_dir = source.path(source.current_id())
+    manifest = read_manifest(source_dir)
+    store = BundleStore(tmp_path / "artifacts")
+    with store.stage() as staged:
+        for name in manifest.files:
+            (staged.path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_dir / name, staged.path / name)
+        litert_config = dataclasses.replace(
+            config, serving=dataclasses.replace(config.serving, request_runtime="litert")
+        )
+        artifacts.write_request_models(staged.path, litert_config, graph.current.features)
+        staged.commit(
+            data=manifest.data,
+            embedding_dim=manifest.embedding_dim,
+            counts=manifest.counts,
+            metrics=manifest.metrics,
+        )
+    store.publish(staged.bundle_id)
+    bundle_dir = store.path(staged.bundle_id)
+    assert (bundle_dir / "retrieval" / "request" / "query.tflite").is_file()
+    assert (bundle_dir / "ranking" / "request" / "score.tflite").is_file()
+
+    caplog.set_level(logging.INFO, logger="modeling.request_runtime")
+    litert = RecommenderService(store.root, events, litert_config.serving)
     litert.reload()
+    loaded = [r.getMessage() for r in caplog.records if r.name == "modeling.request_runtime"]
+    assert loaded == [
+        "user tower: LiteRT model from the bundle (query.tflite)",
+        "ranker: LiteRT model from the bundle (score.tflite)",
+    ]
     for user in data.interactions["user_id"].unique()[:5]:
         expected = graph.current.recommend(user_id=int(user), k=10, now=1e9)
         answer = litert.current.recommend(user_id=int(user), k=10, now=1e9)
@@ -89,6 +127,26 @@ def test_litert_serves_the_same_answers_as_tensorflow(platform, served, tmp_path
         np.testing.assert_allclose(
             [i["score"] for i in answer.items], [i["score"] for i in expected.items], atol=1e-4
         )
+    # A server configured for more candidate slots needs another conversion.
+    saved_model = bundle_dir / "ranking" / "ranker"
+    shape = (
+        config.ranking.history_length,
+        config.serving.candidates,
+        config.retrieval.embedding_dim,
+        graph.current.features.config.max_categories,
+        len(graph.current.features.user_attributes),
+        EVIDENCE_WIDTH,
+    )
+    found = stored_conversion(saved_model, "score", packed_score_function, shape)
+    assert found == bundle_dir / "ranking" / "request" / "score.tflite"
+    wider = (shape[0], shape[1] + 1, *shape[2:])
+    assert stored_conversion(saved_model, "score", packed_score_function, wider) is None
+    # A model converted from it is a bundle file like any other: altered, the bundle is refused.
+    with (bundle_dir / "ranking" / "request" / "score.tflite").open("r+b") as model:
+        model.seek(100)
+        model.write(b"\x00\x01")
+    with pytest.raises(BundleError, match=r"score\.tflite does not match its checksum"):
+        load_bundle(bundle_dir)
 
 
 def test_anonymous_history_and_cold_start(served):
