@@ -13,6 +13,7 @@ dropped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -46,10 +47,13 @@ class ItemGraph:
     counts: np.ndarray
     totals: np.ndarray
 
-    def __post_init__(self) -> None:
-        # Edge keys ``row * R + column`` ascend (rows ascend, columns ascend within a row).
+    @functools.cached_property
+    def _keys(self) -> np.ndarray:
+        """``[E] int64`` edge keys ``row * R + column``, ascending (rows ascend, columns
+        ascend within a row): one search over them serves a whole batch. Built on first use,
+        so a server, which reads one row's edges at a time, never holds them."""
         rows = np.repeat(np.arange(self.num_rows, dtype=np.int64), np.diff(self.indptr))
-        self._keys = rows * self.num_rows + self.columns
+        return rows * self.num_rows + self.columns
 
     @property
     def num_rows(self) -> int:
@@ -268,7 +272,7 @@ class ItemGraph:
         for part in GRAPH_FILES:
             path = Path(directory) / f"{name}_{part}.npy"
             try:
-                arrays[part] = np.load(path, allow_pickle=False)
+                arrays[part] = np.load(path, allow_pickle=False, mmap_mode="r")
             except (OSError, ValueError) as error:
                 raise BundleError(f"cannot read candidate source {path}: {error}") from error
         indptr, columns = arrays["indptr"], arrays["columns"]
@@ -285,8 +289,8 @@ class ItemGraph:
         if not consistent:
             raise BundleError(f"candidate source {name!r} in {directory} is not a valid graph")
         return cls(
-            indptr=indptr.astype(np.int64),
-            columns=columns.astype(np.int64),
-            counts=arrays["counts"].astype(np.float32),
-            totals=arrays["totals"].astype(np.float32),
+            indptr=indptr.astype(np.int64, copy=False),
+            columns=columns.astype(np.int64, copy=False),
+            counts=arrays["counts"].astype(np.float32, copy=False),
+            totals=arrays["totals"].astype(np.float32, copy=False),
         )

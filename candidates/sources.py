@@ -274,8 +274,8 @@ class CandidateSources:
         directory = Path(directory)
         try:
             state = json.loads((directory / STATE_FILE).read_text("utf-8"))
-            popularity = np.load(directory / "popularity.npy", allow_pickle=False)
-            upload_time = np.load(directory / "upload_time.npy", allow_pickle=False)
+            popularity = np.load(directory / "popularity.npy", allow_pickle=False, mmap_mode="r")
+            upload_time = np.load(directory / "upload_time.npy", allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError) as error:
             raise BundleError(
                 f"cannot read the candidate sources in {directory}: {error}"
@@ -284,7 +284,12 @@ class CandidateSources:
         rows = {len(popularity), len(upload_time), *(g.num_rows for g in graphs.values())}
         if rows != {state.get("num_rows")}:
             raise BundleError(f"candidate sources in {directory} disagree on the number of videos")
-        return cls(config, graphs, popularity.astype(np.float32), upload_time.astype(np.float64))
+        return cls(
+            config,
+            graphs,
+            popularity.astype(np.float32, copy=False),
+            upload_time.astype(np.float64, copy=False),
+        )
 
 
 def _own_pairs(

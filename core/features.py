@@ -363,7 +363,9 @@ class FeatureSpace:
             meta = json.loads((directory / "feature_space.json").read_text("utf-8"))
             catalogue = VideoFeatureArrays(
                 **{
-                    f.name: np.load(directory / f"catalogue_{f.name}.npy", allow_pickle=False)
+                    f.name: np.load(
+                        directory / f"catalogue_{f.name}.npy", allow_pickle=False, mmap_mode="r"
+                    )
                     for f in dataclasses.fields(VideoFeatureArrays)
                 }
             )

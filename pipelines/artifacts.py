@@ -219,11 +219,20 @@ class RetrievalBundle:
     encoders: RetrievalEncoders
     video_embeddings: np.ndarray
     video_ids: np.ndarray
+    _catalogue_rows: np.ndarray | None = dataclasses.field(default=None, init=False, repr=False)
 
     def catalogue_rows(self) -> np.ndarray:
-        """Embeddings by vocabulary row, ``[n + 2, d]`` with zero padding and OOV rows."""
-        dim = self.video_embeddings.shape[1]
-        return np.vstack([np.zeros((FIRST_ID_ROW, dim), np.float32), self.video_embeddings])
+        """Embeddings by vocabulary row, ``[n + 2, d]`` with zero padding and OOV rows.
+
+        Built once and shared by its readers (the ranker, a server's live catalogue): at a
+        million videos each copy would cost 256 MB per process. Read-only.
+        """
+        if self._catalogue_rows is None:
+            dim = self.video_embeddings.shape[1]
+            rows = np.vstack([np.zeros((FIRST_ID_ROW, dim), np.float32), self.video_embeddings])
+            rows.flags.writeable = False
+            self._catalogue_rows = rows
+        return self._catalogue_rows
 
 
 def load_retrieval(bundle_dir: str | os.PathLike[str]) -> RetrievalBundle:
@@ -242,7 +251,9 @@ def _load_retrieval(bundle_dir: Path, manifest: Manifest) -> RetrievalBundle:
     features = FeatureSpace.load(bundle_dir / "vocab")
     encoders = RetrievalEncoders.load(bundle_dir / "retrieval", features)
     try:
-        embeddings = np.load(bundle_dir / "retrieval" / "video_embeddings.npy", allow_pickle=False)
+        embeddings = np.load(
+            bundle_dir / "retrieval" / "video_embeddings.npy", allow_pickle=False, mmap_mode="r"
+        )
         ids = np.load(bundle_dir / "retrieval" / "video_ids.npy", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise BundleError(

@@ -36,19 +36,13 @@ class LiveCatalogue:
         self, features: FeatureSpace, embeddings: np.ndarray, durations: np.ndarray
     ) -> None:
         self.features = features
-        count = features.video_vocab.num_rows
-        capacity = count + max(1_024, count // 8)
-        self._count = count
-        self._arrays = {
-            name: _with_capacity(values, capacity)
-            for name, values in features.catalogue.as_dict().items()
-        }
-        self._embeddings = _with_capacity(embeddings.astype(np.float32), capacity)
-        self._durations = _with_capacity(
-            np.concatenate([np.full(FIRST_ID_ROW, np.nan, np.float32), durations]),
-            capacity,
-            fill=np.nan,
-        )
+        self._count = features.video_vocab.num_rows
+        # The bundle's arrays as they are (mapped from its files, shared by every worker)
+        # until the first upload, which copies them with room to grow.
+        self._arrays = dict(features.catalogue.as_dict())
+        self._embeddings = embeddings.astype(np.float32, copy=False)
+        self._durations = np.concatenate([np.full(FIRST_ID_ROW, np.nan, np.float32), durations])
+        self._private = False
         self._uploaded: dict[int, int] = {}
         self._uploaded_ids: list[int] = []
         self._lock = threading.Lock()
@@ -150,7 +144,7 @@ class LiveCatalogue:
             first = self._count
             rows[new] = first + np.arange(int(new.sum()))
             needed = first + int(new.sum())
-            if needed > len(self._embeddings):
+            if not self._private or needed > len(self._embeddings):
                 self._grow(needed)
             for name, values in arrays.as_dict().items():
                 target = self._arrays[name]
@@ -166,7 +160,12 @@ class LiveCatalogue:
         return rows, embeddings
 
     def _grow(self, needed: int) -> None:
-        capacity = max(needed, 2 * len(self._embeddings))
+        """Private, writable copies with room for ``needed`` rows and more."""
+        if self._private:
+            capacity = max(needed, 2 * len(self._embeddings))
+        else:
+            capacity = max(needed, self._count + max(1_024, self._count // 8))
+            self._private = True
         self._arrays = {k: _with_capacity(v, capacity) for k, v in self._arrays.items()}
         self._embeddings = _with_capacity(self._embeddings, capacity)
         self._durations = _with_capacity(self._durations, capacity, fill=np.nan)

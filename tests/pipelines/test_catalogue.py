@@ -101,17 +101,27 @@ def test_uploads_grow_the_arrays_past_their_capacity(platform):
     features, durations = platform
     catalogue = _catalogue(features, durations)
     base = catalogue.num_rows
+    category = features.categories.values[0]
+    # Until the first upload the catalogue reads the bundle's arrays as they are (shared
+    # between workers); the upload copies them with spare rows and leaves the bundle's alone.
+    bundle_embeddings = catalogue._embeddings
+    bundle_tokens = features.catalogue.token_ids.copy()
+    assert len(bundle_embeddings) == base
+    first_ids = FIRST_UPLOAD_ID + np.arange(1)
+    rows, _ = catalogue.upsert(_videos(first_ids, category, 40.0), _embed_as(_vectors(first_ids)))
+    assert rows.tolist() == [base]
+    assert catalogue._embeddings is not bundle_embeddings and len(bundle_embeddings) == base
+    np.testing.assert_array_equal(features.catalogue.token_ids, bundle_tokens)
     # The spare capacity is private; reading it is the only way to fill it exactly.
     capacity = len(catalogue._embeddings)
-    first_ids = FIRST_UPLOAD_ID + np.arange(capacity - base)  # fills the spare rows exactly
-    second_ids = FIRST_UPLOAD_ID + np.arange(capacity - base, capacity - base + 5)  # 5 more
-    category = features.categories.values[0]
-
+    more_ids = FIRST_UPLOAD_ID + np.arange(1, capacity - base)  # fills the spare rows exactly
     rows, stored = catalogue.upsert(
-        _videos(first_ids, category, 40.0), _embed_as(_vectors(first_ids))
+        _videos(more_ids, category, 40.0), _embed_as(_vectors(more_ids))
     )
-    np.testing.assert_array_equal(rows, base + np.arange(len(first_ids)))
-    np.testing.assert_array_equal(stored, _vectors(first_ids))
+    first_ids = np.concatenate([first_ids, more_ids])
+    second_ids = FIRST_UPLOAD_ID + np.arange(capacity - base, capacity - base + 5)  # 5 more
+    np.testing.assert_array_equal(rows, base + 1 + np.arange(len(more_ids)))
+    np.testing.assert_array_equal(stored, _vectors(more_ids))
     assert (catalogue.num_rows, len(catalogue._embeddings)) == (capacity, capacity)  # no growth
 
     rows, _ = catalogue.upsert(_videos(second_ids, "", 50.0), _embed_as(_vectors(second_ids)))
