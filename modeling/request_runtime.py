@@ -113,6 +113,15 @@ def write_converted(
     return model_path
 
 
+def stored_shape(saved_model_dir: Path, attribute: str) -> tuple[int, ...] | None:
+    """The shape ``attribute``'s stored conversion was made for, or None without one."""
+    _, description_path = _converted_files(saved_model_dir, attribute)
+    try:
+        return tuple(int(n) for n in json.loads(description_path.read_text("utf-8"))["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def stored_conversion(
     saved_model_dir: Path | None, attribute: str, builder: Builder, shape: tuple[int, ...]
 ) -> Path | None:

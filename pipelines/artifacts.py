@@ -36,7 +36,7 @@ from core.io import atomic_save_npy, atomic_write_json
 from core.training import TrainingHistory
 from core.vocab import FIRST_ID_ROW
 from index import VideoIndex
-from modeling.request_runtime import conversion_process, write_converted
+from modeling.request_runtime import conversion_process, stored_shape, write_converted
 from pipelines import plots
 from ranking.encoders import SAVED_MODEL_DIR as RANKER_SAVED_MODEL
 from ranking.encoders import RankerScorer
@@ -246,10 +246,13 @@ def load_retrieval(bundle_dir: str | os.PathLike[str]) -> RetrievalBundle:
     return _load_retrieval(bundle_dir, verify_bundle(bundle_dir))
 
 
-def _load_retrieval(bundle_dir: Path, manifest: Manifest) -> RetrievalBundle:
-    """The retrieval half of a bundle whose manifest was just verified."""
+def _load_retrieval(
+    bundle_dir: Path, manifest: Manifest, deferred: bool = False
+) -> RetrievalBundle:
+    """The retrieval half of a bundle whose manifest was just verified (towers loaded on
+    first use with ``deferred``)."""
     features = FeatureSpace.load(bundle_dir / "vocab")
-    encoders = RetrievalEncoders.load(bundle_dir / "retrieval", features)
+    encoders = RetrievalEncoders.load(bundle_dir / "retrieval", features, deferred=deferred)
     try:
         embeddings = np.load(
             bundle_dir / "retrieval" / "video_embeddings.npy", allow_pickle=False, mmap_mode="r"
@@ -296,13 +299,28 @@ def load_ranker(bundle_dir: str | os.PathLike[str], retrieval: RetrievalBundle) 
 
 
 def _load_ranker(
-    bundle_dir: Path, retrieval: RetrievalBundle, config: VidrecConfig
+    bundle_dir: Path,
+    retrieval: RetrievalBundle,
+    config: VidrecConfig,
+    deferred_evidence_width: int | None = None,
 ) -> RankerScorer:
     if not (bundle_dir / "ranking").is_dir():
         raise BundleError(f"bundle {retrieval.manifest.bundle_id} has no ranker")
     return RankerScorer.load(
-        bundle_dir / "ranking", retrieval.features, retrieval.catalogue_rows(), config.ranking
+        bundle_dir / "ranking",
+        retrieval.features,
+        retrieval.catalogue_rows(),
+        config.ranking,
+        deferred_evidence_width,
     )
+
+
+def _stored_request_models(bundle_dir: Path) -> tuple[int, ...] | None:
+    """The ranker's request shape when the bundle stores both models' LiteRT conversions
+    (`write_request_models`), else None."""
+    query = stored_shape(bundle_dir / "retrieval" / RETRIEVAL_SAVED_MODEL, "query")
+    score = stored_shape(bundle_dir / "ranking" / RANKER_SAVED_MODEL, "score")
+    return score if query is not None else None
 
 
 @dataclasses.dataclass
@@ -335,7 +353,9 @@ class LoadedBundle:
         return self.manifest.bundle_id
 
 
-def load_bundle(bundle_dir: str | os.PathLike[str], *, ranker: bool = True) -> LoadedBundle:
+def load_bundle(
+    bundle_dir: str | os.PathLike[str], *, ranker: bool = True, deferred_models: bool = False
+) -> LoadedBundle:
     """Verifies and loads a whole bundle: retrieval, ranker and index.
 
     Checks, in order: every file against the manifest's sha256; that the manifest's
@@ -346,6 +366,9 @@ def load_bundle(bundle_dir: str | os.PathLike[str], *, ranker: bool = True) -> L
     Args:
         bundle_dir: A committed bundle directory.
         ranker: Also load the ranker (serving needs it; index jobs do not).
+        deferred_models: Where the bundle stores both models' LiteRT conversions, leave the
+            TensorFlow SavedModels on disk until a function is first called (a LiteRT server
+            calls only the video tower, for uploads).
 
     Returns:
         The loaded bundle.
@@ -361,7 +384,8 @@ def load_bundle(bundle_dir: str | os.PathLike[str], *, ranker: bool = True) -> L
             f"`vidrec build-index --bundle {manifest.bundle_id}`"
         )
     config = read_config(bundle_dir)
-    retrieval = _load_retrieval(bundle_dir, manifest)
+    stored = _stored_request_models(bundle_dir) if deferred_models else None
+    retrieval = _load_retrieval(bundle_dir, manifest, deferred=stored is not None)
     try:
         index = VideoIndex.load(bundle_dir / INDEX_DIR, expected_dim=retrieval.encoders.dim)
     except BundleError as error:
@@ -369,7 +393,9 @@ def load_bundle(bundle_dir: str | os.PathLike[str], *, ranker: bool = True) -> L
     check_index_matches(manifest.bundle_id, index, retrieval)
     sources = load_candidates(bundle_dir, config, retrieval.features.video_vocab.num_rows)
     order = serving_order(manifest)
-    scorer = _load_ranker(bundle_dir, retrieval, config) if ranker else None
+    # The ranker's evidence width is the last of its request shape.
+    evidence_width = None if stored is None else stored[-1]
+    scorer = _load_ranker(bundle_dir, retrieval, config, evidence_width) if ranker else None
     logger.info(
         "loaded bundle %s: %d videos, %s index, d=%d%s",
         manifest.bundle_id,

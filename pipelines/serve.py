@@ -166,7 +166,7 @@ class Recommender:
                 self.ranker.score_fn,
                 self.ranker_history,
                 config.candidates,
-                self.ranker.catalogue_embeddings.shape[1],
+                encoders.dim,
                 self.features.config.max_categories,
                 len(self.features.user_attributes),
                 self.ranker.evidence_width,
@@ -194,7 +194,9 @@ class Recommender:
         Raises:
             BundleError: The bundle does not verify or cannot serve.
         """
-        bundle = load_bundle(bundle_dir)
+        # A LiteRT server runs both models from the bundle's files: TensorFlow's copies stay
+        # on disk until an upload needs the video tower.
+        bundle = load_bundle(bundle_dir, deferred_models=config.request_runtime == "litert")
         serving_dir = Path(bundle_dir) / SERVING_DIR
         if not serving_dir.is_dir():
             raise BundleError(

@@ -18,6 +18,7 @@ import tensorflow as tf
 from core.config import RankingConfig
 from core.errors import BundleError
 from core.features import NUMERIC_FEATURES, FeatureSpace, VideoFeatureArrays
+from modeling.deferred import DeferredSavedModel
 from ranking.inputs import CandidateLists, video_fields
 
 logger = logging.getLogger(__name__)
@@ -203,13 +204,34 @@ class RankerScorer:
         features: FeatureSpace,
         catalogue_embeddings: np.ndarray,
         config: RankingConfig,
+        deferred_evidence_width: int | None = None,
     ) -> RankerScorer:
         """Loads a ranker saved by `save`.
+
+        Args:
+            directory: The bundle's ``ranking/``.
+            features: The bundle's feature space.
+            catalogue_embeddings: ``[num_rows, d] float32`` retrieval embeddings by row.
+            config: The ranking configuration it was trained with.
+            deferred_evidence_width: If given, load the SavedModel only when the scoring
+                function is first called (`modeling.deferred`), trusting this evidence width
+                (a server reads it from the bundle's stored LiteRT conversion).
 
         Raises:
             BundleError: Missing or unreadable SavedModel.
         """
         target = Path(directory) / SAVED_MODEL_DIR
+        if deferred_evidence_width is not None:
+            model = DeferredSavedModel(target, "ranker")
+            scorer = cls(
+                model.function("score"),
+                features,
+                catalogue_embeddings,
+                config,
+                deferred_evidence_width,
+            )
+            scorer.saved_model_dir = target
+            return scorer
         try:
             loaded = tf.saved_model.load(str(target))
         except (OSError, ValueError, tf.errors.OpError) as error:

@@ -21,6 +21,7 @@ from core.errors import BundleError
 from core.features import NUMERIC_FEATURES, FeatureSpace, VideoFeatureArrays
 from core.splits import EvalCases
 from core.vocab import FIRST_ID_ROW
+from modeling.deferred import DeferredSavedModel, signature_input_shape
 
 logger = logging.getLogger(__name__)
 
@@ -215,13 +216,30 @@ class RetrievalEncoders:
         logger.info("saved retrieval towers to %s", target)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], features: FeatureSpace) -> RetrievalEncoders:
+    def load(
+        cls, directory: str | os.PathLike[str], features: FeatureSpace, deferred: bool = False
+    ) -> RetrievalEncoders:
         """Loads towers saved by `save`; ``features`` must be the bundle's feature space.
+
+        Args:
+            directory: The bundle's ``retrieval/``.
+            features: The bundle's feature space.
+            deferred: Load the SavedModel only when a tower is first called
+                (`modeling.deferred`): for servers that run the user tower from the bundle's
+                LiteRT file and need the video tower for uploads alone.
 
         Raises:
             BundleError: The SavedModel is missing or unreadable.
         """
         target = Path(directory) / SAVED_MODEL_DIR
+        if deferred:
+            model = DeferredSavedModel(target, "retrieval towers")
+            shape = signature_input_shape(target, "query", "history_embeddings")
+            encoders = cls(
+                model.function("query"), model.function("embed_videos"), features, shape[-1]
+            )
+            encoders.saved_model_dir = target
+            return encoders
         try:
             loaded = tf.saved_model.load(str(target))
         except (OSError, ValueError, tf.errors.OpError) as error:

@@ -23,10 +23,11 @@ from candidates import EVIDENCE_WIDTH
 from core.bundle import BundleStore, read_manifest
 from core.config import ServingConfig
 from core.errors import BundleError
+from core.schema import validate_upload
 from modeling.request_runtime import stored_conversion
 from pipelines import artifacts
 from pipelines.artifacts import load_bundle
-from pipelines.serve import RecommenderService
+from pipelines.serve import RecommenderService, _videos_table
 from pipelines.serving.app import create_app
 from pipelines.serving.auth import KeyRing
 from pipelines.serving.events import EventStore
@@ -112,7 +113,7 @@ def test_litert_models_stored_in_the_bundle_serve_the_same_answers(
     assert (bundle_dir / "retrieval" / "request" / "query.tflite").is_file()
     assert (bundle_dir / "ranking" / "request" / "score.tflite").is_file()
 
-    caplog.set_level(logging.INFO, logger="modeling.request_runtime")
+    caplog.set_level(logging.INFO, logger="modeling")
     litert = RecommenderService(store.root, events, litert_config.serving)
     litert.reload()
     loaded = [r.getMessage() for r in caplog.records if r.name == "modeling.request_runtime"]
@@ -127,6 +128,18 @@ def test_litert_models_stored_in_the_bundle_serve_the_same_answers(
         np.testing.assert_allclose(
             [i["score"] for i in answer.items], [i["score"] for i in expected.items], atol=1e-4
         )
+    # TensorFlow's copies of the models stayed on disk; an upload loads the video tower alone.
+    assert not [r for r in caplog.records if r.name == "modeling.deferred"]
+    upload = {"video_id": 987_001, "title": "Deferred", "categories": ["nature"]}
+    litert.current.upsert_videos([upload])
+    assert [
+        r.getMessage().split(" in ")[0] for r in caplog.records if r.name == "modeling.deferred"
+    ] == ["loaded the retrieval towers on first use"]
+    row = litert.current.catalogue.rows(np.array([987_001]))
+    same_upload = graph.current.catalogue.embed(
+        _videos_table([validate_upload(upload)]), graph.current._embed
+    )[1]
+    np.testing.assert_allclose(litert.current.catalogue.embeddings[row], same_upload, atol=1e-6)
     # A server configured for more candidate slots needs another conversion.
     saved_model = bundle_dir / "ranking" / "ranker"
     shape = (
