@@ -37,6 +37,7 @@ INDEX_FILE = "videos.faiss"
 IDS_FILE = "index_ids.npy"
 META_FILE = "index_meta.json"
 REPORT_FILE = "index_report.json"
+_HASH_CHUNK = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,14 +186,15 @@ def read_index(directory: str | Path, *, expected_dim: int | None = None) -> Sav
             "(the query embeddings' size); the index and the model come from different builds"
         )
     files = meta["files"]
-    raw = _read_verified(src / INDEX_FILE, files[INDEX_FILE])
+    _verify_file(src / INDEX_FILE, files[INDEX_FILE])
     try:
-        index = faiss.deserialize_index(raw)
+        # Mapped, not read: the vectors and the graph stay in the page cache, one copy for
+        # every worker of a server; the store copies them before its first change.
+        index = faiss.read_index(str(src / INDEX_FILE), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         raise BundleError(
             f"{src / INDEX_FILE}: faiss cannot read it ({exc}); rebuild the index"
         ) from exc
-    del raw
     ids_raw = _read_verified(src / IDS_FILE, files[IDS_FILE])
     report_raw = _read_verified(src / REPORT_FILE, files[REPORT_FILE])
     try:
@@ -206,7 +208,7 @@ def read_index(directory: str | Path, *, expected_dim: int | None = None) -> Sav
     transform = QueryAwareTransform.from_dict(stored_transform) if stored_transform else None
     if labels.dtype != np.int64 or labels.ndim != 1 or len(labels) != int(meta["positions"]):
         raise BundleError(f"{src / IDS_FILE}: expected {meta['positions']} int64 ids")
-    store = VectorStore(index, layout, labels, transform)
+    store = VectorStore(index, layout, labels, transform, mapped=True)
     stored_dim = dim + (1 if transform is not None else 0)
     if index.d != stored_dim or not store.holds_positions():
         raise BundleError(
@@ -259,6 +261,12 @@ def _meta_digest(meta: dict[str, Any]) -> str:
 
 def _read_verified(path: Path, expected: dict[str, Any]) -> np.ndarray:
     """The bytes of ``path`` as ``uint8``, after checking size and sha256 against ``expected``."""
+    _verify_file(path, expected)
+    return np.fromfile(path, dtype=np.uint8)
+
+
+def _verify_file(path: Path, expected: dict[str, Any]) -> None:
+    """Checks the size and sha256 of ``path`` against ``expected``, reading it in chunks."""
     if not path.is_file():
         raise BundleError(f"{path}: missing; the saved index is incomplete")
     size = path.stat().st_size
@@ -268,12 +276,14 @@ def _read_verified(path: Path, expected: dict[str, Any]) -> np.ndarray:
             f"{path}: {state} ({size} bytes, expected {expected['bytes']}); "
             "the file is corrupted, rebuild the index or restore the bundle"
         )
-    raw = np.fromfile(path, dtype=np.uint8)
-    digest = hashlib.sha256(raw).hexdigest()
+    hasher = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            hasher.update(chunk)
+    digest = hasher.hexdigest()
     if digest != expected["sha256"]:
         raise BundleError(
             f"{path}: checksum mismatch (sha256 {digest[:12]}…, "
             f"expected {expected['sha256'][:12]}…); "
             "the file is corrupted, rebuild the index or restore the bundle"
         )
-    return raw

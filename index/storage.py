@@ -38,11 +38,14 @@ class VectorStore:
         layout: Layout,
         labels: np.ndarray,
         transform: QueryAwareTransform | None = None,
+        mapped: bool = False,
     ) -> None:
-        """Wraps a Faiss structure and its id table ``labels`` (``[positions] int64``)."""
+        """Wraps a Faiss structure and its id table ``labels`` (``[positions] int64``);
+        ``mapped``: its arrays are a read-only mapping of a file (`faiss.IO_FLAG_MMAP_IFC`)."""
         self.index = index
         self.layout = layout
         self.transform = transform
+        self._mapped = mapped
         self._labels = np.ascontiguousarray(labels, dtype=np.int64)
         self._count = int(np.count_nonzero(self._labels >= 0))
 
@@ -129,6 +132,7 @@ class VectorStore:
         """
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         if self.layout.kind == FLAT:
+            self._own_arrays()
             removed = self.index.remove_ids(faiss.IDSelectorBatch(positions))
             self._labels = np.delete(self._labels, positions)
         else:
@@ -172,8 +176,26 @@ class VectorStore:
             return refine
         return None
 
+    def _own_arrays(self) -> None:
+        """Before the first change of a mapped structure: a private copy to change (the
+        mapping is read-only; writing to it would crash the process). Searches holding the
+        mapped structure finish on it."""
+        if not self._mapped:
+            return
+        started = time.perf_counter()
+        # A round trip through bytes, not `faiss.clone_index`, which may copy a mapped array
+        # as another view of the same read-only pages.
+        self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
+        self._mapped = False
+        logger.info(
+            "copied the mapped %s index before its first change (%.1f s)",
+            self.layout.kind,
+            time.perf_counter() - started,
+        )
+
     def _add_at(self, vectors: np.ndarray, first: int) -> None:
         """Adds stored-form vectors at positions ``first, first + 1, ...``."""
+        self._own_arrays()
         if self.layout.kind in (FLAT, HNSW):
             if self.index.ntotal != first:  # pragma: no cover - invariant
                 raise IndexBuildError(

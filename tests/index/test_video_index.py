@@ -241,6 +241,27 @@ def test_add_then_search_finds_the_new_video(kind, saved, data):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_loaded_index_is_mapped_until_its_first_change_and_the_file_never_changes(
+    kind, saved, data
+):
+    files = {path.name: path.read_bytes() for path in saved[kind].iterdir()}
+    index = fresh(saved, kind)
+    store = index._store
+    assert store._mapped
+    mapped = store.index
+    before = index.search(data["queries"][:3], 10)
+    index.add(data["queries"][:2], [10**9, 10**9 + 1])
+    assert not store._mapped and store.index is not mapped
+    index.remove([10**9])
+    _, ids = index.search(data["queries"][1:2], 1)
+    assert ids[0, 0] == 10**9 + 1
+    # The file it was mapped from is as it was, and a fresh load answers as before.
+    assert {path.name: path.read_bytes() for path in saved[kind].iterdir()} == files
+    after = fresh(saved, kind).search(data["queries"][:3], 10)
+    np.testing.assert_array_equal(after[1], before[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_update_replaces_the_vector(kind, saved, data):
     index = fresh(saved, kind)
     target = data["queries"][7:8]
