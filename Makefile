@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 ANN_VENV := .venv-ann
 
-.PHONY: demo test postgres chromium lint bench-quality bench-ann bench-build bench-events clean
+.PHONY: demo test postgres chromium wrk lint bench-quality bench-ann bench-build bench-serving bench-events clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,32 +20,33 @@ demo: $(STAMP)
 test: $(STAMP) postgres chromium
 	$(BIN)/python -m pytest -q
 
-# The event store's tests start a throwaway PostgreSQL server (tests/pg_cluster.py) from the
-# server programs of Debian's `postgresql` package (not on PATH: `pg_config --bindir`). Installed
-# here when absent (CI runs as root); the tests fail, never skip, without them.
-postgres:
-	@if [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || \
-		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+# A Debian package a target needs, installed when absent (CI runs as root); otherwise the
+# target fails with the command to run, and the tests that need it fail, never skip.
+# $(call debian_package,<shell test that it is present>,<package>,<what needs it>)
+define debian_package
+	@if $(1); then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian's postgresql for the event store tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+		echo "installing Debian's $(2) for $(3)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
 	else \
-		echo "PostgreSQL's server programs are missing: sudo apt-get install postgresql" >&2; \
+		echo "$(2) is missing ($(3)): sudo apt-get install $(2)" >&2; \
 		exit 1; \
 	fi
+endef
+
+# The event store's tests start a throwaway PostgreSQL server (tests/pg_cluster.py) from the
+# server programs of Debian's `postgresql` package (not on PATH: `pg_config --bindir`).
+postgres:
+	$(call debian_package,[ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1,postgresql,the event store tests)
 
 # The inspector's browser test (tests/pipelines/test_inspector.py) drives Debian's chromium with
-# Playwright, which cannot download its own browser here. Installed when absent (CI runs as
-# root); the test fails, never skips, without it.
+# Playwright, which cannot download its own browser here.
 chromium:
-	@if [ -x /usr/bin/chromium ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian's chromium for the inspector's browser test"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	else \
-		echo "chromium is missing: sudo apt-get install chromium" >&2; \
-		exit 1; \
-	fi
+	$(call debian_package,[ -x /usr/bin/chromium ],chromium,the inspector's browser test)
+
+# HTTP load for the serving benchmark.
+wrk:
+	$(call debian_package,command -v wrk >/dev/null,wrk,the serving benchmark's HTTP load)
 
 bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/quality.py --out artifacts/bench/quality
@@ -53,6 +54,10 @@ bench-quality: $(STAMP)
 # The offline build of 1M videos (embed + index + verify + bundle), its peak memory measured alone.
 bench-build: $(STAMP)
 	$(BIN)/python benchmarks/build.py --out artifacts/bench/build
+
+# The request path at 1M videos in process, then two workers over HTTP: load, memory, hot swap.
+bench-serving: $(STAMP) wrk
+	$(BIN)/python benchmarks/serving.py --out artifacts/bench/serving
 
 # ScaNN breaks tensorflow-recommenders' import, so the ANN benchmark has its own environment.
 $(ANN_VENV)/.installed: pyproject.toml

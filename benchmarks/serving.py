@@ -250,15 +250,27 @@ def _wait_workers(port: int, workers: int, bundle_id: str | None, timeout: float
     return seen
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the uvicorn workers)."""
-    total = 0.0
-    for candidate in [pid, *_children(pid)]:
-        status = Path(f"/proc/{candidate}/status")
-        if status.exists():
-            match = re.search(r"VmRSS:\s+(\d+) kB", status.read_text())
-            total += int(match.group(1)) / 1024 if match else 0.0
-    return round(total, 1)
+def _memory_mb(pid: int) -> dict[str, float]:
+    """Memory of a process and all its descendants (the uvicorn workers), in MB: ``pss``
+    (proportional set size: a page shared by k processes counts 1/k in each, so the sum is
+    what they hold together), ``rss`` (which counts shared pages in every process) and
+    ``anonymous`` (private heap, counted proportionally)."""
+    pids, frontier = {pid}, [pid]
+    while frontier:
+        children = _children(frontier.pop())
+        frontier += children
+        pids.update(children)
+    fields = {"pss": "Pss", "rss": "Rss", "anonymous": "Pss_Anon"}
+    total = dict.fromkeys(fields, 0.0)
+    for candidate in pids:
+        try:
+            text = Path(f"/proc/{candidate}/smaps_rollup").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        for key, field in fields.items():
+            match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+            total[key] += int(match.group(1)) / 1024 if match else 0.0
+    return {key: round(value, 1) for key, value in total.items()}
 
 
 def _children(pid: int) -> list[int]:
@@ -371,7 +383,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
             run = _wrk(port, args.http_seconds, users, connections)
             print("sustained:", run, flush=True)
             sustained.append(run)
-        rss_mb = _rss_mb(server.pid)
+        memory_mb = _memory_mb(server.pid)
         copy_id = _republish(store, before)
         swapped: dict[int, float] = {}
 
@@ -392,7 +404,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
         store.publish(before)
         return {
             "workers": args.workers,
-            "rss_mb": rss_mb,
+            "memory_mb": memory_mb,
             "sustained": sustained,
             "hot_swap": swap,
         }
@@ -450,8 +462,10 @@ def markdown(result: dict) -> str:
         h = web["hot_swap"]
         lines += [
             "",
-            f"HTTP on loopback (wrk, `vidrec serve` with {web['workers']} workers, "
-            f"{web['rss_mb']:,.0f} MB resident in all):",
+            f"HTTP on loopback (wrk, `vidrec serve` with {web['workers']} workers; after the "
+            f"sustained runs they held {web['memory_mb']['pss']:,.0f} MB PSS together, "
+            f"{web['memory_mb']['anonymous']:,.0f} MB of it private heap; "
+            f"{web['memory_mb']['rss']:,.0f} MB RSS summed):",
             "",
             "| run | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
             "|---|---|---|---|---|---|",
