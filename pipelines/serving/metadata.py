@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.errors import BundleError
 from core.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -71,38 +70,52 @@ def read_video_metadata(path: str | Path) -> pd.DataFrame:
 class VideoMetadata:
     """Title and categories by video id; thread-safe (uploads write while requests read).
 
+    A bundle's titles are read on first use, not at load: only the inspector reads them, and
+    at a million videos the table costs each worker seconds of its load and hundreds of MB.
+
     Args:
         titles: ``{video_id: (title, categories)}``.
+        path: A `write_video_metadata` file read on first use (before ``titles``, which win).
     """
 
-    def __init__(self, titles: dict[int, tuple[str, tuple[str, ...]]] | None = None) -> None:
+    def __init__(
+        self,
+        titles: dict[int, tuple[str, tuple[str, ...]]] | None = None,
+        path: str | Path | None = None,
+    ) -> None:
         self._titles = dict(titles or {})
+        self._path = None if path is None else Path(path)
         self._folded: list[tuple[int, str]] | None = None  # (id, case-folded title), by id
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | Path) -> VideoMetadata:
-        """Reads what `write_video_metadata` wrote; empty when the bundle predates the file.
-
-        Raises:
-            BundleError: The file exists but cannot be read.
-        """
+        """The titles `write_video_metadata` wrote, read on first use; empty when the bundle
+        predates the file."""
         path = Path(path)
         if not path.exists():
             logger.warning("%s is missing (an older bundle): the inspector shows no titles", path)
             return cls()
-        try:
-            table = pd.read_parquet(path)
-        except (OSError, ValueError) as error:
-            raise BundleError(f"cannot read the video titles in {path}: {error}") from error
-        return cls(
-            {
-                int(video_id): (str(title), tuple(str(c) for c in categories))
-                for video_id, title, categories in zip(
-                    table["video_id"], table["title"], table["categories"], strict=True
-                )
-            }
-        )
+        return cls(path=path)
+
+    def _read(self) -> dict[int, tuple[str, tuple[str, ...]]]:
+        """The titles, reading the file on the first call (hold ``_lock``)."""
+        if self._path is not None:
+            path, self._path = self._path, None
+            try:
+                table = pd.read_parquet(path)
+                stored = {
+                    int(video_id): (str(title), tuple(str(c) for c in categories))
+                    for video_id, title, categories in zip(
+                        table["video_id"], table["title"], table["categories"], strict=True
+                    )
+                }
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                # Only people read titles: better none than an inspector that fails.
+                logger.error("cannot read the video titles in %s: %s", path, error)
+                stored = {}
+            self._titles = {**stored, **self._titles}
+        return self._titles
 
     def update(self, videos: pd.DataFrame) -> None:
         """Adds or replaces the rows of a validated videos table (uploads)."""
@@ -113,12 +126,13 @@ class VideoMetadata:
             )
         }
         with self._lock:
-            self._titles.update(rows)
+            self._read().update(rows)
             self._folded = None
 
     def describe(self, video_id: int) -> dict[str, Any]:
         """``{"video_id", "title", "categories", "known"}``; unknown ids have empty text."""
-        found = self._titles.get(int(video_id))
+        with self._lock:
+            found = self._read().get(int(video_id))
         title, categories = found if found is not None else ("", ())
         return {
             "video_id": int(video_id),
@@ -139,7 +153,7 @@ class VideoMetadata:
         blocked = set(hidden)
         with self._lock:
             if self._folded is None:  # once per bundle and upload batch, not per query
-                self._folded = sorted((v, t.casefold()) for v, (t, _) in self._titles.items())
+                self._folded = sorted((v, t.casefold()) for v, (t, _) in self._read().items())
             folded = self._folded
         found = []
         for video_id, title in folded:
