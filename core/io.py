@@ -67,6 +67,13 @@ def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def atomic_save_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    """Saves named arrays as an uncompressed ``.npz`` (no pickles), atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **{name: np.asarray(a) for name, a in arrays.items()})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

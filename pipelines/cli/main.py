@@ -263,6 +263,26 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export_embeddings(args: argparse.Namespace) -> int:
+    from core.bundle import BundleStore
+    from pipelines.jobs.export_embeddings import check_out_path, export_embeddings
+
+    check_out_path(args.out)  # before the data set is read
+    result = export_embeddings(
+        BundleStore(args.artifacts),
+        args.bundle,
+        args.out,
+        dataset=_load_data(args) if args.data else None,
+    )
+    print(
+        f"wrote {result.path}: bundle {result.bundle_id}, {result.videos} videos x {result.dim}, "
+        f"{result.tuning_queries} tuning + {result.queries} held-out {result.query_source} "
+        f"queries ({result.seconds:.1f} s); benchmark it with "
+        f"`python benchmarks/ann.py --embeddings {result.path}`"
+    )
+    return EXIT_OK
+
+
 SERVE_SPEC_ENV = "VIDREC_SERVE_SPEC"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 UVICORN_BACKLOG = 2048  # uvicorn.Config's default
@@ -652,6 +672,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build_index.add_argument("--no-publish", action="store_true", help="do not move CURRENT")
     build_index.set_defaults(handler=cmd_build_index)
+
+    export = commands.add_parser(
+        "export-embeddings",
+        help="a bundle's video vectors and held-out user-tower queries as .npz "
+        "(benchmarks/ann.py --embeddings)",
+    )
+    export.add_argument("--artifacts", default="artifacts", help="bundle store root (read only)")
+    export.add_argument("--bundle", required=True, help="bundle id under <artifacts>/bundles")
+    export.add_argument("--out", required=True, help="the .npz to write (atomically)")
+    export.add_argument(
+        "--data",
+        help="data set whose users' recent histories give the queries (as for build-index); "
+        "default: one-watch histories",
+    )
+    export.add_argument("--encoding", help="text encoding of the data files")
+    export.add_argument("--drop-duplicates", action="store_true", help="as for `vidrec train`")
+    export.add_argument("--column-map", nargs="*", metavar="SOURCE=TARGET")
+    export.set_defaults(handler=cmd_export_embeddings)
 
     bundles_cli.add_parser(commands)
     events_cli.add_parser(commands)

@@ -46,15 +46,7 @@ from core.io import atomic_save_npy, sha256_file
 from core.schema import Dataset
 from core.vocab import FIRST_ID_ROW
 from pipelines import artifacts, tensorboard
-from pipelines.jobs.index_queries import (
-    SOURCE_ONE_WATCH,
-    SOURCE_USER_HISTORIES,
-    one_watch_histories,
-    queries_wanted,
-    query_embeddings,
-    recent_histories,
-    split_queries,
-)
+from pipelines.jobs.index_queries import held_out_queries, queries_wanted, recent_histories
 from pipelines.jobs.index_stage import (
     BUILD_REPORT,
     INDEX_DIR,
@@ -312,15 +304,13 @@ def build_index_job(
     seconds["embed"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    if catalogue_record is not None:
-        query_source = SOURCE_USER_HISTORIES
-        queries = query_embeddings(encoders, rows, histories, user_ids)
-    else:
-        query_source = SOURCE_ONE_WATCH
-        queries = query_embeddings(
-            encoders, rows, one_watch_histories(ids, wanted, config.index.seed)
-        )
-    query_sets = split_queries(queries, config.index, query_source)
+    query_sets = held_out_queries(
+        encoders,
+        rows,
+        ids,
+        config.index,
+        (histories, user_ids) if catalogue_record is not None and user_ids is not None else None,
+    )
     del encoders, histories, user_ids  # TensorFlow's part is done: free the towers
     release_memory()
     seconds["queries"] = time.perf_counter() - started

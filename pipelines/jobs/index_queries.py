@@ -145,6 +145,34 @@ def validation_queries(
     return split_queries(queries, config, SOURCE_VALIDATION_HISTORIES)
 
 
+def held_out_queries(
+    encoders: RetrievalEncoders,
+    catalogue_rows: np.ndarray,
+    video_ids: np.ndarray,
+    config: IndexConfig,
+    histories: tuple[list[np.ndarray], np.ndarray] | None = None,
+) -> QuerySets:
+    """The tuning and verification queries of a bundle's catalogue, as build-index takes them.
+
+    Args:
+        encoders: The bundle's towers.
+        catalogue_rows: ``[num_rows, d] float32`` embeddings by video vocabulary row.
+        video_ids: ``[n] int64`` the catalogue (for the one-watch fallback).
+        config: Index configuration (how many queries, seed).
+        histories: Users' recent histories and their ``[u] int64`` ids (`recent_histories` of
+            a data set), or ``None`` for the one-watch fallback.
+
+    Returns:
+        Disjoint tuning and verification queries (`split_queries`).
+    """
+    if histories is not None:
+        queries = query_embeddings(encoders, catalogue_rows, histories[0], histories[1])
+        return split_queries(queries, config, SOURCE_USER_HISTORIES)
+    watches = one_watch_histories(video_ids, queries_wanted(config), config.seed)
+    queries = query_embeddings(encoders, catalogue_rows, watches)
+    return split_queries(queries, config, SOURCE_ONE_WATCH)
+
+
 def split_queries(queries: np.ndarray, config: IndexConfig, source: str) -> QuerySets:
     """Shuffles queries and splits them into disjoint tuning and verification sets.
 
