@@ -401,9 +401,14 @@ class IndexConfig:
     The kind and every search parameter come from here; `index` hard-codes none of them.
 
     Attributes:
-        kind: ``"auto"`` picks by catalogue size and memory budget; ``"flat"`` (exact),
-            ``"hnsw"`` or ``"ivf_hnsw_pq"`` (IVF with an HNSW coarse quantizer, 4-bit fast-scan
-            PQ and a refine stage) force one.
+        kind: ``"auto"``: exact search up to ``flat_max_videos``, above that the fastest kind
+            of ``candidate_kinds`` (each built and tuned, the lowest single-query p50 at the
+            recall target kept). ``"flat"`` (exact), ``"hnsw"``, ``"hnsw_sq"`` (HNSW over
+            8-bit scalar-quantised vectors, refine stage), ``"ivf_sq"`` (IVF over 8-bit
+            scalar-quantised vectors, refine stage) or ``"ivf_hnsw_pq"`` (IVF with an HNSW coarse
+            quantizer, 4-bit fast-scan PQ and a refine stage) force one.
+        candidate_kinds: Kinds ``auto`` builds and compares above ``flat_max_videos``; empty
+            means the size rule alone (HNSW up to ``hnsw_max_videos``, IVF-HNSW-PQ beyond).
         flat_max_videos: ``auto`` uses exact search up to this many videos.
         hnsw_max_videos: ``auto`` uses HNSW up to this many videos (if it fits the budget),
             IVF-PQ beyond.
@@ -431,8 +436,9 @@ class IndexConfig:
         ivf_nprobe: nprobe values tried, smallest first, when tuning IVF.
         pq_m: PQ sub-quantizers; 0 means one per dimension. Must divide the embedding dim.
         pq_nbits: Bits per PQ code; fast-scan PQ supports 4 only.
-        refine: Re-ranking stage of IVF-PQ: ``"flat"`` (exact float vectors), ``"sq8"``,
-            ``"fp16"`` or ``"none"``.
+        refine: Re-ranking stage of ``ivf_hnsw_pq``, ``ivf_sq`` and ``hnsw_sq``: ``"flat"``
+            (exact float vectors), ``"sq8"`` (means ``"flat"`` over SQ8 codes), ``"fp16"`` or
+            ``"none"``.
         refine_k_factor: k_factor values (candidates re-ranked per result) tried when tuning.
         target_recall: Recall@``recall_k`` against exact search the tuned index must reach on
             held-out queries; a build that cannot reach it fails.
@@ -455,6 +461,7 @@ class IndexConfig:
     """
 
     kind: str = "auto"
+    candidate_kinds: tuple[str, ...] = ("ivf_sq", "hnsw")
     flat_max_videos: int = 20_000
     hnsw_max_videos: int = 3_000_000
     memory_budget_mb: int = 2_048
@@ -491,8 +498,14 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         f = "index"
-        kinds = ("auto", "flat", "hnsw", "ivf_hnsw_pq")
+        kinds = ("auto", "flat", "hnsw", "hnsw_sq", "ivf_sq", "ivf_hnsw_pq")
         require(self.kind in kinds, f"{f}.kind", f"must be one of {list(kinds)}, got {self.kind!r}")
+        require(
+            all(k in kinds[2:] for k in self.candidate_kinds)
+            and len(set(self.candidate_kinds)) == len(self.candidate_kinds),
+            f"{f}.candidate_kinds",
+            f"must be distinct kinds of {list(kinds[2:])}, got {list(self.candidate_kinds)!r}",
+        )
         require(self.flat_max_videos >= 0, f"{f}.flat_max_videos", "must be >= 0")
         require(
             self.hnsw_max_videos >= self.flat_max_videos,

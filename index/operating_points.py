@@ -16,7 +16,7 @@ import faiss
 
 from core.config import IndexConfig
 from core.errors import ConfigError
-from index.structures import FLAT, HNSW, IVF_HNSW_PQ, Layout
+from index.structures import FLAT, GRAPH_KINDS, IVF_HNSW_PQ, IVF_KINDS, Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +24,10 @@ class OperatingPoint:
     """Search parameters of one kind; ``None`` fields do not apply to it.
 
     Attributes:
-        ef_search: HNSW candidate-list size.
-        nprobe: Inverted lists visited by IVF.
-        quantizer_ef_search: efSearch of the HNSW coarse quantizer of IVF.
-        k_factor: The refine stage re-ranks ``k * k_factor`` IVF candidates.
+        ef_search: HNSW candidate-list size (``hnsw``, ``hnsw_sq``).
+        nprobe: Inverted lists visited by IVF (``ivf_sq``, ``ivf_hnsw_pq``).
+        quantizer_ef_search: efSearch of the HNSW coarse quantizer of ``ivf_hnsw_pq``.
+        k_factor: The refine stage re-ranks ``k * k_factor`` candidates of the codes.
     """
 
     ef_search: int | None = None
@@ -47,12 +47,20 @@ class OperatingPoint:
 
 def default_point(layout: Layout, config: IndexConfig) -> OperatingPoint:
     """Most accurate configured point: used before tuning."""
-    if layout.kind == HNSW:
-        return OperatingPoint(ef_search=max(config.hnsw_ef_search))
-    if layout.kind == IVF_HNSW_PQ:
+    if layout.kind in GRAPH_KINDS:
+        return graph_point(max(config.hnsw_ef_search), max(config.refine_k_factor), layout)
+    if layout.kind in IVF_KINDS:
         nprobe = min(max(config.ivf_nprobe), layout.nlist)
         return ivf_point(nprobe, max(config.refine_k_factor), layout, config)
     return OperatingPoint()
+
+
+def graph_point(ef_search: int, k_factor: float | None, layout: Layout) -> OperatingPoint:
+    """HNSW operating point; ``k_factor`` only where the layout has a refine stage."""
+    return OperatingPoint(
+        ef_search=int(ef_search),
+        k_factor=float(k_factor) if layout.refine != "none" and k_factor is not None else None,
+    )
 
 
 def ivf_point(
@@ -63,7 +71,8 @@ def ivf_point(
     quantizer_ef = max(nprobe, math.ceil(config.ivf_quantizer_ef_factor * nprobe))
     return OperatingPoint(
         nprobe=nprobe,
-        quantizer_ef_search=quantizer_ef,
+        # Only ivf_hnsw_pq's coarse quantizer is a graph; ivf_sq's is exact.
+        quantizer_ef_search=quantizer_ef if layout.kind == IVF_HNSW_PQ else None,
         k_factor=float(k_factor) if layout.refine != "none" and k_factor is not None else None,
     )
 
@@ -76,21 +85,27 @@ def candidate_ladders(layout: Layout, config: IndexConfig, k: int) -> list[list[
     """
     if layout.kind == FLAT:
         return [[OperatingPoint()]]
-    if layout.kind == HNSW:
-        efs = sorted({max(ef, k) for ef in config.hnsw_ef_search})
-        return [[OperatingPoint(ef_search=ef) for ef in efs]]
-    nprobes = sorted({min(p, layout.nlist) for p in config.ivf_nprobe})
     k_factors: list[float | None] = (
         sorted({float(f) for f in config.refine_k_factor}) if layout.refine != "none" else [None]
     )
+    if layout.kind in GRAPH_KINDS:
+        ladders = []
+        for f in k_factors:
+            # The graph returns k * k_factor candidates, so efSearch below that collapses too.
+            floor = math.ceil(k * (f or 1.0))
+            efs = sorted({max(ef, floor) for ef in config.hnsw_ef_search})
+            ladders.append([graph_point(ef, f, layout) for ef in efs])
+        return ladders
+    nprobes = sorted({min(p, layout.nlist) for p in config.ivf_nprobe})
     return [[ivf_point(p, f, layout, config) for p in nprobes] for f in k_factors]
 
 
 def ladder_fields(layout: Layout) -> str:
     """The config fields `candidate_ladders` reads for ``layout``, for an operator's message."""
-    if layout.kind == HNSW:
-        return "index.hnsw_ef_search (or index.hnsw_m)"
-    if layout.kind == IVF_HNSW_PQ:
+    if layout.kind in GRAPH_KINDS:
+        fields = "index.hnsw_ef_search (or index.hnsw_m)"
+        return fields + (", index.refine_k_factor" if layout.refine != "none" else "")
+    if layout.kind in IVF_KINDS:
         fields = "index.ivf_nprobe"
         return fields + (
             ", index.refine_k_factor" if layout.refine != "none" else " (or use index.refine)"
@@ -100,16 +115,18 @@ def ladder_fields(layout: Layout) -> str:
 
 def escalate(point: OperatingPoint, layout: Layout, ntotal: int) -> OperatingPoint | None:
     """A wider (more exhaustive) point for rows a search could not fill; ``None`` at the limit."""
-    if layout.kind == HNSW:
+    if layout.kind in GRAPH_KINDS:
         current = point.ef_search or 16
         if current >= ntotal:
             return None
         return dataclasses.replace(point, ef_search=min(ntotal, current * 4))
-    if layout.kind == IVF_HNSW_PQ:
+    if layout.kind in IVF_KINDS:
         current = point.nprobe or 1
         if current >= layout.nlist:
             return None
         nprobe = min(layout.nlist, current * 4)
+        if layout.kind != IVF_HNSW_PQ:
+            return dataclasses.replace(point, nprobe=nprobe)
         quantizer_ef = max(point.quantizer_ef_search or 0, 2 * nprobe)
         return dataclasses.replace(point, nprobe=nprobe, quantizer_ef_search=quantizer_ef)
     return None
@@ -125,12 +142,15 @@ def check_point(point: OperatingPoint, layout: Layout) -> None:
         raise ConfigError(
             f"operating point: expected an OperatingPoint, got {type(point).__name__}"
         )
-    allowed = {
-        FLAT: set(),
-        HNSW: {"ef_search"},
-        IVF_HNSW_PQ: {"nprobe", "quantizer_ef_search"}
-        | ({"k_factor"} if layout.refine != "none" else set()),
-    }[layout.kind]
+    refine = {"k_factor"} if layout.refine != "none" else set()
+    if layout.kind == FLAT:
+        allowed: set[str] = set()
+    elif layout.kind in GRAPH_KINDS:
+        allowed = {"ef_search"} | refine
+    elif layout.kind == IVF_HNSW_PQ:
+        allowed = {"nprobe", "quantizer_ef_search"} | refine
+    else:
+        allowed = {"nprobe"} | refine
     given = set(point.to_dict())
     if given - allowed:
         raise ConfigError(
@@ -156,18 +176,23 @@ def search_parameters(
     """
     if layout.kind == FLAT:
         return faiss.SearchParameters(sel=selector) if selector is not None else None
-    if layout.kind == HNSW:
+    base: faiss.SearchParameters
+    if layout.kind in GRAPH_KINDS:
         kwargs: dict[str, Any] = {"efSearch": int(point.ef_search or 16)}
         if selector is not None:
             kwargs["sel"] = selector
-        return faiss.SearchParametersHNSW(**kwargs)
-    quantizer = faiss.SearchParametersHNSW(efSearch=int(point.quantizer_ef_search or 16))
-    ivf_kwargs: dict[str, Any] = {"nprobe": int(point.nprobe or 1), "quantizer_params": quantizer}
-    if selector is not None:
-        ivf_kwargs["sel"] = selector
-    ivf = faiss.SearchParametersIVF(**ivf_kwargs)
+        base = faiss.SearchParametersHNSW(**kwargs)
+    else:
+        ivf_kwargs: dict[str, Any] = {"nprobe": int(point.nprobe or 1)}
+        if layout.kind == IVF_HNSW_PQ:
+            ivf_kwargs["quantizer_params"] = faiss.SearchParametersHNSW(
+                efSearch=int(point.quantizer_ef_search or 16)
+            )
+        if selector is not None:
+            ivf_kwargs["sel"] = selector
+        base = faiss.SearchParametersIVF(**ivf_kwargs)
     if layout.refine == "none":
-        return ivf
+        return base
     return faiss.IndexRefineSearchParameters(
-        k_factor=float(point.k_factor or 1.0), base_index_params=ivf
+        k_factor=float(point.k_factor or 1.0), base_index_params=base
     )

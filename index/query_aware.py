@@ -32,7 +32,7 @@ import numpy as np
 from core.config import IndexConfig
 from core.errors import BundleError, DataError
 from index.arrays import check_vectors, normalized, sample_rows
-from index.structures import HNSW, Layout
+from index.structures import IVF_SQ, QUERY_AWARE_KINDS, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,11 @@ class QueryAwareTransform:
 def choose_transform(
     layout: Layout, config: IndexConfig, catalogue: np.ndarray, queries: np.ndarray | None
 ) -> QueryAwareTransform | None:
-    """The query-fitted coordinates of an HNSW build, or ``None`` where they do not help.
+    """The query-fitted coordinates of a graph or ``ivf_sq`` build, or ``None`` where they do
+    not help.
+
+    In them all stored vectors have the same norm, so inner-product order is Euclidean order:
+    the lists of ``ivf_sq`` (k-means) then also group videos that score alike for the queries.
 
     They help only when the queries' distribution is far from the videos' (a trained user
     tower); on queries drawn like the videos they distort a graph that already fits. The shift
@@ -169,7 +173,7 @@ def choose_transform(
     sample of 300 queries, 2.5 on the trained 1M-video platform.
 
     Args:
-        layout: The structure being built; only ``hnsw`` uses the coordinates.
+        layout: The structure being built; `structures.QUERY_AWARE_KINDS` use the coordinates.
         config: ``query_aware``, ``query_aware_min_shift``, ``query_aware_shrinkage``,
             ``normalize`` and ``seed`` apply.
         catalogue: Checked video embeddings ``[n, d] float32``.
@@ -178,12 +182,13 @@ def choose_transform(
     Raises:
         DataError: Bad ``queries`` (shape, dtype, dimension, NaN, zero vectors).
     """
-    if layout.kind != HNSW or not config.query_aware:
+    if layout.kind not in QUERY_AWARE_KINDS or not config.query_aware:
         return None
     if queries is None or len(queries) < layout.dim:
         logger.warning(
-            "HNSW graph over the raw vectors: query-aware coordinates need at least %d held-out "
+            "%s over the raw vectors: query-aware coordinates need at least %d held-out "
             "queries, got %s",
+            _structure(layout),
             layout.dim,
             0 if queries is None else len(queries),
         )
@@ -200,10 +205,19 @@ def choose_transform(
     if shift < config.query_aware_min_shift:
         logger.info(
             "queries are distributed like the videos (shift %.2f < index.query_aware_min_shift "
-            "%.2f): HNSW graph over the raw vectors",
+            "%.2f): %s over the raw vectors",
             shift,
             config.query_aware_min_shift,
+            _structure(layout),
         )
         return None
-    logger.info("queries sit apart from the videos (shift %.2f): query-aware HNSW graph", shift)
+    logger.info(
+        "queries sit apart from the videos (shift %.2f): query-aware %s",
+        shift,
+        _structure(layout),
+    )
     return QueryAwareTransform.fit(q, config.query_aware_shrinkage)
+
+
+def _structure(layout: Layout) -> str:
+    return "IVF lists" if layout.kind == IVF_SQ else "HNSW graph"

@@ -2,8 +2,8 @@
 
 Faiss numbers the vectors it holds by *position*; the store maps each position to a video id
 (``-1`` once removed) and keeps the count of live ones. How a removal works differs by kind
-(physical for the exact index, a tombstone for HNSW and IVF-PQ); `index.video_index` says why.
-The store takes no lock: `VideoIndex` holds its write lock around every change.
+(physical for the exact index, a tombstone for the graph and IVF kinds); `index.video_index`
+says why. The store takes no lock: `VideoIndex` holds its write lock around every change.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from core.errors import IndexBuildError
 from index.arrays import chunks
 from index.query_aware import QueryAwareTransform
-from index.structures import FLAT, HNSW, Layout, ivf_parts
+from index.structures import FLAT, HNSW, IVF_KINDS, Layout, refine_parts
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class VectorStore:
             return int(self.index.ntotal) == positions and bool((self._labels >= 0).all())
         if self.layout.kind == HNSW:
             return int(self.index.ntotal) == positions
-        base, refine = ivf_parts(self.index)
+        base, refine = refine_parts(self.index)
         return int(base.ntotal) == positions and (refine is None or int(refine.ntotal) == positions)
 
     def tombstone_selector(self) -> tuple[faiss.IDSelector | None, np.ndarray | None]:
@@ -171,7 +171,7 @@ class VectorStore:
     def _exact_storage(self) -> faiss.Index | None:
         if self.layout.kind in (FLAT, HNSW):
             return self.index
-        _, refine = ivf_parts(self.index)
+        _, refine = refine_parts(self.index)
         if refine is not None and isinstance(refine, faiss.IndexFlat):
             return refine
         return None
@@ -203,8 +203,13 @@ class VectorStore:
                 )
             self.index.add(vectors)
             return
-        base, refine = ivf_parts(self.index)
-        base.add_with_ids(vectors, np.arange(first, first + len(vectors), dtype=np.int64))
+        base, refine = refine_parts(self.index)
+        if base.ntotal != first:  # pragma: no cover - invariant
+            raise IndexBuildError(f"internal: faiss ntotal {base.ntotal} != positions {first}")
+        if self.layout.kind in IVF_KINDS:
+            base.add_with_ids(vectors, np.arange(first, first + len(vectors), dtype=np.int64))
+        else:  # a graph numbers its vectors in the order they arrive
+            base.add(vectors)
         if refine is not None:
             refine.add(vectors)
             self.index.ntotal = refine.ntotal

@@ -45,7 +45,7 @@ from index.search import SearchState, prepare_queries, search, search_at
 from index.storage import VectorStore
 from index.structures import (
     Layout,
-    choose_kind,
+    candidate_kinds,
     create_index,
     estimate_memory_mb,
     resolve_layout,
@@ -98,7 +98,7 @@ class VideoIndex:
 
     @property
     def kind(self) -> str:
-        """``"flat"``, ``"hnsw"`` or ``"ivf_hnsw_pq"``."""
+        """``"flat"``, ``"hnsw"``, ``"hnsw_sq"``, ``"ivf_sq"`` or ``"ivf_hnsw_pq"``."""
         return self._store.layout.kind
 
     @property
@@ -171,6 +171,11 @@ class VideoIndex:
     ) -> VideoIndex:
         """Chooses, trains, fills and (by default) tunes an index.
 
+        With ``config.kind = "auto"`` above ``flat_max_videos`` every fitting kind of
+        ``config.candidate_kinds`` is built and tuned and the one with the lowest single-query
+        p50 at the recall target is kept (the report's ``build.kind_selection`` lists them all);
+        ``tune=False`` builds the first of them only.
+
         Args:
             embeddings: Video embeddings ``[n, d] float32``.
             ids: Video ids ``[n]`` (any integer dtype, non-negative, unique).
@@ -192,9 +197,94 @@ class VideoIndex:
         video_ids = check_ids(ids, len(x), "ids")
         if len(x) == 0:
             raise DataError("embeddings: the catalogue is empty; there is nothing to index")
+        kinds = candidate_kinds(len(x), x.shape[1], config)
+        if len(kinds) == 1 or not tune:
+            index = cls._build_kind(kinds[0], x, video_ids, config, tuning_queries)
+            if tune:
+                index.tune(tuning_queries, embeddings=x, ids=video_ids)
+            return index
+        return cls._build_fastest(kinds, x, video_ids, config, tuning_queries)
+
+    @classmethod
+    def _build_fastest(
+        cls,
+        kinds: list[str],
+        x: np.ndarray,
+        video_ids: np.ndarray,
+        config: IndexConfig,
+        tuning_queries: np.ndarray | None,
+    ) -> VideoIndex:
+        """Builds and tunes each kind, keeps the one with the lowest single-query p50.
+
+        The p50 is the one `tune` measures at each kind's chosen point (one thread, the
+        tuning queries), so the kinds are compared as a request uses them. A kind that cannot
+        reach the recall target drops out; only the best index so far is kept in memory.
+
+        Raises:
+            IndexBuildError: No kind reaches the target (the message has each kind's).
+        """
+        best: VideoIndex | None = None
+        compared: list[dict[str, Any]] = []
+        for kind in kinds:
+            try:
+                index = cls._build_kind(kind, x, video_ids, config, tuning_queries)
+                index.tune(tuning_queries, embeddings=x, ids=video_ids)
+            except IndexBuildError as error:
+                logger.warning("%s index left out: %s", kind, error)
+                compared.append({"kind": kind, "error": str(error)})
+                continue
+            report = index.report
+            single = report["latency"]["single_query"]
+            compared.append(
+                {
+                    "kind": kind,
+                    "factory": index.factory,
+                    "query_aware": index.query_aware,
+                    "operating_point": index.operating_point.to_dict(),
+                    "recall": report["recall"]["at_k"],
+                    "p50_ms": single["p50_ms"],
+                    "p99_ms": single["p99_ms"],
+                    "build_seconds": report["build"].get("build_seconds"),
+                    "tune_seconds": report["build"].get("tune_seconds"),
+                }
+            )
+            logger.info(
+                "%s index: recall@%d %.4f at single-query p50 %.3f ms",
+                kind,
+                report["recall"]["k"],
+                report["recall"]["at_k"],
+                single["p50_ms"],
+            )
+            if best is None or single["p50_ms"] < best.report["latency"]["single_query"]["p50_ms"]:
+                best = index
+            del index
+        if best is None:
+            raise IndexBuildError(
+                "no index kind of index.candidate_kinds reaches the recall target: "
+                + "; ".join(f"{c['kind']}: {c['error']}" for c in compared)
+            )
+        # Under "build" because index_report.json carries that section whole.
+        best._build_info["kind_selection"] = {"by": "single_query_p50_ms", "candidates": compared}
+        logger.info(
+            "chose the %s index (%s): the fastest of %s at the recall target",
+            best.kind,
+            best.factory,
+            [c["kind"] for c in compared],
+        )
+        return best
+
+    @classmethod
+    def _build_kind(
+        cls,
+        kind: str,
+        x: np.ndarray,
+        video_ids: np.ndarray,
+        config: IndexConfig,
+        tuning_queries: np.ndarray | None,
+    ) -> VideoIndex:
+        """Trains and fills one kind of index over checked vectors, untuned."""
         n, d = x.shape
         started = time.perf_counter()
-        kind = choose_kind(n, d, config)
         layout = resolve_layout(kind, n, d, config)
         logger.info(
             "building %s index (%s) over %d videos x %d dims, ~%.0f MiB",
@@ -208,7 +298,13 @@ class VideoIndex:
         stored_dim = layout.dim + 1 if transform is not None else layout.dim
         with omp_threads(config.build_threads):
             structure = create_index(layout, config, dim=stored_dim)
-            train_index(structure, layout, x, config)
+            train_index(
+                structure,
+                layout,
+                x,
+                config,
+                to_stored=transform.items if transform is not None else None,
+            )
             trained_fingerprint = fingerprint(structure, transform)
             trained_at = time.perf_counter()
             store = VectorStore(structure, layout, np.empty(0, dtype=np.int64), transform)
@@ -221,10 +317,7 @@ class VideoIndex:
             "threads": config.build_threads or default_threads(),
         }
         logger.info("built %s index of %d videos in %.1f s", kind, n, added_at - started)
-        index = cls(store, config, fingerprint=trained_fingerprint, report={"build": build_info})
-        if tune:
-            index.tune(tuning_queries, embeddings=x, ids=video_ids)
-        return index
+        return cls(store, config, fingerprint=trained_fingerprint, report={"build": build_info})
 
     # ------------------------------------------------------------------ tuning
 

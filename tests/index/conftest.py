@@ -52,5 +52,7 @@ def config_for(kind: str, **overrides: object) -> IndexConfig:
     }
     if kind == "ivf_hnsw_pq":
         base.update(pq_m=32, ivf_nlist=64)
+    if kind == "ivf_sq":
+        base.update(ivf_nlist=64)
     base.update(overrides)
     return IndexConfig(**base)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from index import (
 )
 from tests.index.conftest import DIM, config_for
 
-KINDS = ["flat", "hnsw", "ivf_hnsw_pq"]
+KINDS = ["flat", "hnsw", "hnsw_sq", "ivf_sq", "ivf_hnsw_pq"]
 
 
 def exact(
@@ -64,6 +64,10 @@ def test_recall_against_exact_meets_target(kind, saved, data):
     assert index.kind == kind
     if kind == "ivf_hnsw_pq":
         assert index.factory.startswith("IVF64_HNSW") and "PQ32x4fs" in index.factory
+    expected_factory = {"hnsw_sq": "HNSW32,SQ8,RFlat", "ivf_sq": "IVF64,SQ8,RFlat"}
+    if kind in expected_factory:
+        assert index.factory == expected_factory[kind]
+        assert index.operating_point.k_factor is not None
     q = data["queries"]
     _, truth = exact(data, q, 100)
     _, found = index.search(q, 100)
@@ -463,3 +467,73 @@ def test_operating_point_override_is_checked(saved):
     assert index.operating_point.ef_search == 300
     with pytest.raises(ConfigError, match="do not apply to a hnsw index"):
         index.set_operating_point(OperatingPoint(nprobe=4))
+
+
+# ---------------------------------------------------------------------------- kind selection
+
+
+def test_auto_keeps_the_kind_with_the_fastest_single_query_at_the_target(data, tmp_path):
+    cfg = config_for("auto", flat_max_videos=1_000, candidate_kinds=("ivf_sq", "hnsw"))
+    index = VideoIndex.build(data["embeddings"], data["ids"], cfg, tuning_queries=data["queries"])
+    selection = index.report["build"]["kind_selection"]
+    assert selection["by"] == "single_query_p50_ms"
+    candidates = {c["kind"]: c for c in selection["candidates"]}
+    assert sorted(candidates) == ["hnsw", "ivf_sq"]
+    fastest = min(candidates.values(), key=lambda c: c["p50_ms"])
+    assert index.kind == fastest["kind"] and index.factory == fastest["factory"]
+    assert index.operating_point.to_dict() == fastest["operating_point"]
+    assert all(c["recall"] >= 0.95 for c in candidates.values())
+    # The choice and the comparison survive a save/load.
+    loaded = VideoIndex.load(index.save(tmp_path / "auto"), expected_dim=DIM)
+    assert loaded.kind == index.kind
+    assert loaded.report["build"]["kind_selection"] == selection
+
+
+def test_auto_leaves_out_a_kind_that_misses_the_target(data):
+    cfg = config_for(
+        "auto",
+        flat_max_videos=1_000,
+        candidate_kinds=("ivf_sq", "hnsw"),
+        ivf_nprobe=(1,),
+        refine_k_factor=(1.0,),
+    )
+    index = VideoIndex.build(
+        data["embeddings"][:3000], data["ids"][:3000], cfg, tuning_queries=data["queries"]
+    )
+    assert index.kind == "hnsw"
+    (ivf,) = [c for c in index.report["build"]["kind_selection"]["candidates"] if "error" in c]
+    assert ivf["kind"] == "ivf_sq" and "cannot reach recall@100" in ivf["error"]
+    hopeless = dataclasses.replace(cfg, candidate_kinds=("ivf_sq",), hnsw_max_videos=1_000)
+    with pytest.raises(IndexBuildError, match=r"ivf_sq index \(IVF\d+,SQ8,RFlat\) cannot reach"):
+        VideoIndex.build(
+            data["embeddings"][:3000], data["ids"][:3000], hopeless, tuning_queries=data["queries"]
+        )
+
+
+def test_candidate_kinds_follow_size_budget_and_config():
+    from index.structures import candidate_kinds
+
+    cfg = IndexConfig(flat_max_videos=1_000, hnsw_max_videos=100_000)
+    assert candidate_kinds(500, 64, cfg) == ["flat"]
+    assert candidate_kinds(50_000, 64, cfg) == ["ivf_sq", "hnsw"]
+    assert candidate_kinds(500_000, 64, cfg) == ["ivf_sq"]  # graphs stop at hnsw_max_videos
+    assert candidate_kinds(50_000, 64, dataclasses.replace(cfg, kind="hnsw_sq")) == ["hnsw_sq"]
+    assert candidate_kinds(50_000, 64, dataclasses.replace(cfg, candidate_kinds=())) == ["hnsw"]
+    with pytest.raises(ConfigError, match=r"index\.candidate_kinds: must be distinct kinds"):
+        IndexConfig(candidate_kinds=("ivf_sq", "annoy"))
+    with pytest.raises(ConfigError, match=r"index\.candidate_kinds"):
+        IndexConfig(candidate_kinds=("hnsw", "hnsw"))
+
+
+def test_an_index_saved_before_candidate_kinds_existed_loads(saved, tmp_path):
+    import shutil
+
+    from index.persistence import _meta_digest
+
+    copy = Path(shutil.copytree(saved["hnsw"], tmp_path / "old"))
+    meta = json.loads((copy / META_FILE).read_text())
+    del meta["config"]["candidate_kinds"]  # what an index written by the previous version holds
+    meta["meta_sha256"] = _meta_digest(meta)
+    (copy / META_FILE).write_text(json.dumps(meta))
+    old = VideoIndex.load(copy, expected_dim=DIM)
+    assert old.kind == "hnsw" and old.count == fresh(saved, "hnsw").count
