@@ -5,7 +5,8 @@ Data, synthetic by default: a mixture of anisotropic Gaussian clusters with Zipf
 out (one set tunes, another set is measured). With ``--embeddings PATH.npz`` the catalogue and
 queries are a trained model's instead: ``embeddings`` ``[n, d] float32`` (unit-norm video
 vectors), ``ids`` ``[n] int64``, ``tuning_queries`` and ``queries`` ``[q, d] float32`` (held-out
-user-tower outputs); ``--sizes`` is then ignored. A trained user tower's queries sit apart from the
+user-tower outputs), as ``vidrec export-embeddings --bundle ID --out FILE.npz`` writes them;
+``--sizes`` is then ignored. A trained user tower's queries sit apart from the
 videos (a narrow cone), which synthetic same-distribution queries never show; the report gives
 their shift from the videos' distribution and whether vidrec's HNSW graph went query-aware.
 
@@ -16,7 +17,8 @@ peak memory is its own.
 
     python benchmarks/ann.py --sizes 100000            # quick
     python benchmarks/ann.py --sizes 100000 1000000    # the full table
-    python benchmarks/ann.py --embeddings trained.npz --out artifacts/bench/ann-trained
+    vidrec export-embeddings --bundle ID --data DATA --out artifacts/trained.npz
+    python benchmarks/ann.py --embeddings artifacts/trained.npz --out artifacts/bench/ann-trained
 
 Writes ``results.json``, ``results.md`` and ``recall_latency.png`` under ``--out``. The process
 never imports TensorFlow: ScaNN's package ``__init__`` tries to load its TF op, so
