@@ -473,7 +473,7 @@ class IndexConfig:
     query_aware_min_shift: float = 1.0
     query_aware_shrinkage: float = 0.1
     ivf_nlist: int = 0
-    ivf_nlist_per_sqrt: float = 4.0
+    ivf_nlist_per_sqrt: float = 8.0
     ivf_min_points_per_list: int = 39
     ivf_train_points_per_list: int = 64
     ivf_quantizer_hnsw_m: int = 32
