@@ -428,7 +428,8 @@ class IndexConfig:
             to every eigenvalue, so directions the queries rarely use keep some weight.
         ivf_nlist: Inverted lists of IVF; 0 derives it as ``ivf_nlist_per_sqrt * sqrt(n)``
             (capped so that every list gets ``ivf_min_points_per_list`` training points).
-        ivf_nlist_per_sqrt: Factor of the derived nlist.
+        ivf_nlist_per_sqrt: Factor of the derived nlist (8: at 1M, 8,000 lists made ``ivf_sq``
+            faster than 4,000 on both benchmark sets, docs/design.md §9).
         ivf_min_points_per_list: Fewest vectors per list the derived nlist allows.
         ivf_train_points_per_list: Training sample size per list for k-means and PQ.
         ivf_quantizer_hnsw_m: Graph degree of the HNSW coarse quantizer over the centroids.
