@@ -356,6 +356,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
         )
     )
     events = Path(tempfile.mkdtemp()) / "events.db"
+    server_log = (root / "server.log").open("w")
     server = subprocess.Popen(
         [
             str(REPO / ".venv" / "bin" / "vidrec"),
@@ -370,8 +371,8 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
             str(events),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        # A file, not a pipe nobody reads: a full pipe would block the server's logging.
+        stderr=server_log,
     )
     before = store.current_id()
     try:
@@ -414,6 +415,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
+        server_log.close()
 
 
 def _republish(store, bundle_id: str) -> str:
@@ -520,6 +522,11 @@ def main() -> int:
     parser.add_argument(
         "--skip-in-process", action="store_true", help="only the HTTP part (bundle must exist)"
     )
+    parser.add_argument(
+        "--skip-http",
+        action="store_true",
+        help="only the in-process part (pin it to one core with taskset; the HTTP part needs both)",
+    )
     parser.add_argument("--out", default=str(REPO / "artifacts" / "bench" / "serving"))
     parser.add_argument(
         "--build-only", action="store_true", help="make the bundle and stop (measure later)"
@@ -546,7 +553,7 @@ def main() -> int:
     else:
         result["in_process"] = in_process(args, root)
     print(json.dumps(result["in_process"], indent=2), flush=True)
-    result["http"] = http(args, root)
+    result["http"] = {"skipped": "--skip-http"} if args.skip_http else http(args, root)
     from core.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(out / "serving.json", result)
