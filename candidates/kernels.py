@@ -213,6 +213,16 @@ def merge_one_list(
 
 
 @numba.njit(cache=True)
+def _total_at_least_one(totals: np.ndarray, row: int) -> np.float32:
+    """``max(total(row), 1)`` in float32, as numpy's ``np.maximum(row_totals, 1.0)`` gives it
+    (a row the graph does not hold has total 0)."""
+    total = np.float32(0.0)
+    if 0 <= row < len(totals):
+        total = totals[row]
+    return max(total, np.float32(1.0))
+
+
+@numba.njit(cache=True)
 def edge_evidence(
     indptr: np.ndarray,
     columns: np.ndarray,
@@ -236,15 +246,10 @@ def edge_evidence(
         and ``count(a_0, c)``, summed over ``j`` in order as numpy sums ``axis=0``.
     """
     edges = counts_of_one(indptr, columns, counts, recent, candidates)
-    num_rows = len(indptr) - 1
     score = np.zeros(len(candidates), dtype=np.float64)
     weighted_count = np.zeros(len(candidates), dtype=np.float64)
     for j in range(len(recent)):
-        row = recent[j]
-        total = np.float32(0.0)
-        if 0 <= row < num_rows:
-            total = totals[row]
-        denominator = np.float64(max(total, np.float32(1.0)))
+        denominator = np.float64(_total_at_least_one(totals, recent[j]))
         weight = recency_weights[j]
         for i in range(len(candidates)):
             count = np.float64(edges[j, i])
@@ -269,18 +274,13 @@ def strongest_edge(
     """``[k] int64``: per candidate, the latest watch it follows with the largest
     ``count / max(total, 1)`` (float32, the newest watch on ties), -1 without an edge."""
     edges = counts_of_one(indptr, columns, counts, recent, candidates)
-    num_rows = len(indptr) - 1
     out = np.full(len(candidates), -1, dtype=np.int64)
     best = np.zeros(len(candidates), dtype=np.float32)
     for j in range(len(recent)):
-        row = recent[j]
-        total = np.float32(0.0)
-        if 0 <= row < num_rows:
-            total = totals[row]
-        denominator = max(total, np.float32(1.0))
+        denominator = _total_at_least_one(totals, recent[j])
         for i in range(len(candidates)):
             pull = edges[j, i] / denominator
             if pull > best[i]:
                 best[i] = pull
-                out[i] = row
+                out[i] = recent[j]
     return out

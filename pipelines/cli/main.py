@@ -600,6 +600,14 @@ EVENTS_HELP = (
 )
 
 
+def _add_data_options(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """``--data`` and how to read it, as `vidrec train` reads a data set."""
+    parser.add_argument("--data", help=data_help)
+    parser.add_argument("--encoding", help="text encoding of the data files")
+    parser.add_argument("--drop-duplicates", action="store_true", help="as for `vidrec train`")
+    parser.add_argument("--column-map", nargs="*", metavar="SOURCE=TARGET")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vidrec", description="Video recommender: two-tower retrieval, Faiss, MHA ranker."
@@ -659,14 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
     build_index.add_argument(
         "--bundle", help="source bundle id or directory (default: the serving one, CURRENT)"
     )
-    build_index.add_argument(
-        "--data",
-        help="data set whose catalogue (new uploads included) is indexed and whose users' recent "
+    _add_data_options(
+        build_index,
+        "data set whose catalogue (new uploads included) is indexed and whose users' recent "
         "histories tune the index; any format `vidrec train --data` reads",
     )
-    build_index.add_argument("--encoding", help="text encoding of the data files")
-    build_index.add_argument("--drop-duplicates", action="store_true", help="as for `vidrec train`")
-    build_index.add_argument("--column-map", nargs="*", metavar="SOURCE=TARGET")
     build_index.add_argument(
         "--config", help="JSON file whose index section overrides the bundle's config.json"
     )
@@ -681,14 +686,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--artifacts", default="artifacts", help="bundle store root (read only)")
     export.add_argument("--bundle", required=True, help="bundle id under <artifacts>/bundles")
     export.add_argument("--out", required=True, help="the .npz to write (atomically)")
-    export.add_argument(
-        "--data",
-        help="data set whose users' recent histories give the queries (as for build-index); "
+    _add_data_options(
+        export,
+        "data set whose users' recent histories give the queries (as for build-index); "
         "default: one-watch histories",
     )
-    export.add_argument("--encoding", help="text encoding of the data files")
-    export.add_argument("--drop-duplicates", action="store_true", help="as for `vidrec train`")
-    export.add_argument("--column-map", nargs="*", metavar="SOURCE=TARGET")
     export.set_defaults(handler=cmd_export_embeddings)
 
     bundles_cli.add_parser(commands)
