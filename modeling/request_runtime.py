@@ -113,12 +113,22 @@ def write_converted(
     return model_path
 
 
-def stored_shape(saved_model_dir: Path, attribute: str) -> tuple[int, ...] | None:
-    """The shape ``attribute``'s stored conversion was made for, or None without one."""
+def _stored_description(saved_model_dir: Path, attribute: str) -> dict[str, object] | None:
+    """What `write_converted` recorded for ``attribute`` (builder and shape), or None."""
     _, description_path = _converted_files(saved_model_dir, attribute)
     try:
-        return tuple(int(n) for n in json.loads(description_path.read_text("utf-8"))["shape"])
-    except (OSError, ValueError, KeyError, TypeError):
+        description = json.loads(description_path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return description if isinstance(description, dict) else None
+
+
+def stored_shape(saved_model_dir: Path, attribute: str) -> tuple[int, ...] | None:
+    """The shape ``attribute``'s stored conversion was made for, or None without one."""
+    description = _stored_description(saved_model_dir, attribute)
+    try:
+        return tuple(int(n) for n in description["shape"])  # type: ignore[index, union-attr]
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -128,11 +138,10 @@ def stored_conversion(
     """The flatbuffer `write_converted` stored for exactly this builder and shape, if any."""
     if saved_model_dir is None:
         return None
-    model_path, description_path = _converted_files(saved_model_dir, attribute)
-    try:
-        description = json.loads(description_path.read_text("utf-8"))
-    except (OSError, ValueError):
+    description = _stored_description(saved_model_dir, attribute)
+    if description is None:
         return None
+    model_path, _ = _converted_files(saved_model_dir, attribute)
     if description != _description(builder, shape) or not model_path.is_file():
         logger.info(
             "%s was converted for %s, not %s: converting again",
