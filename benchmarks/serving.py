@@ -19,6 +19,7 @@ Writes ``serving.json`` and ``serving.md`` under ``--out``.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -282,6 +283,20 @@ def _children(pid: int) -> list[int]:
     return out + [g for c in out for g in _children(c)]
 
 
+def _connections_per_worker(port: int) -> list[int]:
+    """How the server's established connections on ``port`` are split over its processes
+    (``ss -tnp``), largest first; empty when ``ss`` is missing."""
+    if shutil.which("ss") is None:
+        return []
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return sorted(collections.Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True)
+
+
 def _wrk(port: int, seconds: int, users: np.ndarray, connections: int) -> dict[str, object]:
     script = Path(tempfile.mkdtemp()) / "recommend.lua"
     script.write_text(
@@ -293,6 +308,10 @@ def _wrk(port: int, seconds: int, users: np.ndarray, connections: int) -> dict[s
         "  return wrk.format('POST', '/recommend', {['Content-Type']='application/json'}, body)\n"
         "end\n"
     )
+    split: list[int] = []
+    # Sampled halfway, when the workers have had time to even out their connections.
+    sampler = threading.Timer(seconds / 2, lambda: split.extend(_connections_per_worker(port)))
+    sampler.start()
     out = subprocess.run(
         [
             "wrk",
@@ -308,6 +327,7 @@ def _wrk(port: int, seconds: int, users: np.ndarray, connections: int) -> dict[s
         text=True,
         check=True,
     ).stdout
+    sampler.join()
 
     def latency(label: str) -> float:
         match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -328,6 +348,7 @@ def _wrk(port: int, seconds: int, users: np.ndarray, connections: int) -> dict[s
         "p99_ms": latency("99"),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": sum(int(x) for x in socket_errors.groups()) if socket_errors else 0,
+        "connections_per_worker": split,
     }
 
 
@@ -434,6 +455,10 @@ def _republish(store, bundle_id: str) -> str:
     return copy_id
 
 
+def _split(run: dict) -> str:
+    return "/".join(map(str, run.get("connections_per_worker", []))) or "?"
+
+
 def markdown(result: dict) -> str:
     """The result as the tables quoted in the README."""
     fast = result["in_process"]
@@ -469,17 +494,17 @@ def markdown(result: dict) -> str:
             f"{web['memory_mb']['anonymous']:,.0f} MB of it private heap; "
             f"{web['memory_mb']['rss']:,.0f} MB RSS summed):",
             "",
-            "| run | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
-            "|---|---|---|---|---|---|",
+            "| run | req/s | p50 ms | p99 ms | non-2xx | socket errors | connections per worker |",
+            "|---|---|---|---|---|---|---|",
             *(
                 f"| sustained {s['seconds']} s, {s['connections']} connections | "
                 f"{s['req_per_s']} | {s['p50_ms']} | {s['p99_ms']} | {s['non_2xx']} | "
-                f"{s['socket_errors']} |"
+                f"{s['socket_errors']} | {_split(s)} |"
                 for s in web["sustained"]
             ),
             f"| hot swap {h['before']} -> {h['after']}, {h['seconds']} s, "
             f"{h['connections']} connections | {h['req_per_s']} | {h['p50_ms']} | "
-            f"{h['p99_ms']} | {h['non_2xx']} | {h['socket_errors']} |",
+            f"{h['p99_ms']} | {h['non_2xx']} | {h['socket_errors']} | {_split(h)} |",
             "",
             f"Hot swap: {h['workers_swapped']} of {web['workers']} workers serving the new "
             f"bundle, at {h['swap_seconds_after_publish']} s after it was published.",

@@ -373,6 +373,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     serving = ServingConfig(**{**dataclasses.asdict(config.serving), **overrides})
     from pipelines.serving.auth import KeyRing
+    from pipelines.serving.balance import SHARES_ENV, create_shares_file
     from pipelines.serving.events import resolve_events_url
 
     events_url = resolve_events_url(args.events, serving.events_url, args.artifacts)
@@ -423,6 +424,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # files they all write here.
         metrics_dir = tempfile.mkdtemp(prefix="vidrec-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        # Workers close a keep-alive connection when they hold more than their share
+        # (pipelines/serving/balance.py): the kernel alone left 3 of 4 on one worker.
+        shares = create_shares_file(Path(metrics_dir) / "connections.shares", serving.workers)
+        os.environ[SHARES_ENV] = str(shares)
+        server["http"] = "pipelines.serving.balance:BalancedHttpToolsProtocol"
         print(f"serving on http://{serving.host}:{serving.port} with {serving.workers} workers")
         try:
             workers = uvicorn.Config(

@@ -1,6 +1,8 @@
 """The serving orchestrator and its HTTP API, on a tiny trained bundle, through real HTTP."""
 
+import collections
 import dataclasses
+import http.client
 import json
 import logging
 import os
@@ -453,6 +455,20 @@ def test_two_worker_processes_share_the_port_and_the_catalogue(platform, tmp_pat
             r'vidrec_requests_total\{endpoint="/recommend",status="200"\} (\d+\.\d+)', text
         )
         assert counted is not None and float(counted.group(1)) == 21.0  # summed over workers
+        # Four keep-alive connections end up two on each worker, wherever the kernel put them
+        # (pipelines/serving/balance.py; test_balance.py checks the rule itself).
+        connections = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(4)]
+        for _ in range(40):
+            served_by = []
+            for connection in connections:
+                connection.request("GET", "/readyz")
+                response = connection.getresponse()
+                served_by.append(json.loads(response.read())["worker"])
+            if sorted(collections.Counter(served_by).values()) == [2, 2]:
+                break
+        assert sorted(collections.Counter(served_by).values()) == [2, 2], served_by
+        for connection in connections:
+            connection.close()
     finally:
         server.send_signal(signal.SIGINT)
         try:
