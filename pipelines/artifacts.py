@@ -4,7 +4,8 @@
 
     vocab/        feature space: vocabularies, catalogue features, normalisation
     retrieval/    towers/ (SavedModel: query + embed_videos signatures),
-                  video_embeddings.npy [n, d] float32, video_ids.npy [n] int64
+                  video_embedding_rows.npy [n + 2, d] float32 (rows 0 and 1 zero),
+                  video_ids.npy [n] int64
     ranking/      ranker/ (SavedModel: score signature)
     candidates/   item-to-item sources (`candidates.CandidateSources.save`)
     index/        videos.faiss, index_ids.npy, index_report.json, index_meta.json
@@ -95,8 +96,7 @@ def write_retrieval(
             f"catalogue embeddings {catalogue.shape} do not cover the "
             f"{trained.features.video_vocab.num_rows} vocabulary rows x {encoders.dim} dims"
         )
-    embeddings = catalogue[FIRST_ID_ROW:]
-    atomic_save_npy(retrieval_dir / "video_embeddings.npy", embeddings)
+    save_embedding_rows(bundle_dir, catalogue)
     atomic_save_npy(retrieval_dir / "video_ids.npy", trained.features.video_vocab.ids)
     _write_training_report(bundle_dir, "retrieval", "two-tower retrieval", trained.history)
 
@@ -202,6 +202,43 @@ def _write_training_report(
     )
 
 
+EMBEDDING_ROWS = "retrieval/video_embedding_rows.npy"
+# Bundles written before the padded rows were stored hold the videos' rows alone.
+_VIDEO_EMBEDDINGS = "retrieval/video_embeddings.npy"
+
+
+def save_embedding_rows(bundle_dir: Path, rows: np.ndarray) -> None:
+    """Writes the catalogue's embeddings by vocabulary row, padding and OOV rows included.
+
+    Stored padded so that a server maps the file as the matrix its request path indexes:
+    built from ``[n, d]`` at load, it was a private 256 MB copy per worker at a million videos.
+
+    Args:
+        bundle_dir: The bundle being written.
+        rows: ``[n + 2, d] float32`` with rows 0 and 1 zero (`catalogue_embeddings`).
+    """
+    if np.any(rows[:FIRST_ID_ROW]):
+        raise BundleError("the padding and OOV rows of the catalogue embeddings must be zero")
+    atomic_save_npy(bundle_dir / EMBEDDING_ROWS, rows)
+
+
+def map_embedding_rows(bundle_dir: Path) -> np.ndarray:
+    """A bundle's ``[n + 2, d]`` embeddings by vocabulary row, mapped read-only (a padded
+    copy for a bundle from before `save_embedding_rows`).
+
+    Raises:
+        OSError, ValueError: The file cannot be read as an array.
+    """
+    if not (bundle_dir / EMBEDDING_ROWS).exists() and (bundle_dir / _VIDEO_EMBEDDINGS).exists():
+        videos = np.load(bundle_dir / _VIDEO_EMBEDDINGS, allow_pickle=False, mmap_mode="r")
+        if videos.ndim != 2:
+            return videos  # refused by the caller's shape check
+        rows = np.vstack([np.zeros((FIRST_ID_ROW, videos.shape[1]), videos.dtype), videos])
+        rows.flags.writeable = False
+        return rows
+    return np.load(bundle_dir / EMBEDDING_ROWS, allow_pickle=False, mmap_mode="r")
+
+
 @dataclasses.dataclass
 class RetrievalBundle:
     """The retrieval half of a loaded bundle.
@@ -210,29 +247,26 @@ class RetrievalBundle:
         manifest: The verified manifest.
         features: Feature space.
         encoders: Loaded towers.
-        video_embeddings: ``[n, d] float32`` unit-norm, in video vocabulary row order.
+        embedding_rows: ``[n + 2, d] float32`` embeddings by video vocabulary row (rows 0 and 1,
+            padding and OOV, zero), mapped from the bundle and read-only.
         video_ids: ``[n] int64``.
     """
 
     manifest: Manifest
     features: FeatureSpace
     encoders: RetrievalEncoders
-    video_embeddings: np.ndarray
+    embedding_rows: np.ndarray
     video_ids: np.ndarray
-    _catalogue_rows: np.ndarray | None = dataclasses.field(default=None, init=False, repr=False)
+
+    @property
+    def video_embeddings(self) -> np.ndarray:
+        """``[n, d] float32`` unit-norm, in video vocabulary row order (a view)."""
+        return self.embedding_rows[FIRST_ID_ROW:]
 
     def catalogue_rows(self) -> np.ndarray:
-        """Embeddings by vocabulary row, ``[n + 2, d]`` with zero padding and OOV rows.
-
-        Built once and shared by its readers (the ranker, a server's live catalogue): at a
-        million videos each copy would cost 256 MB per process. Read-only.
-        """
-        if self._catalogue_rows is None:
-            dim = self.video_embeddings.shape[1]
-            rows = np.vstack([np.zeros((FIRST_ID_ROW, dim), np.float32), self.video_embeddings])
-            rows.flags.writeable = False
-            self._catalogue_rows = rows
-        return self._catalogue_rows
+        """Embeddings by vocabulary row, ``[n + 2, d]`` with zero padding and OOV rows; one
+        mapping shared by its readers (the ranker, a server's live catalogue). Read-only."""
+        return self.embedding_rows
 
 
 def load_retrieval(bundle_dir: str | os.PathLike[str]) -> RetrievalBundle:
@@ -254,23 +288,22 @@ def _load_retrieval(
     features = FeatureSpace.load(bundle_dir / "vocab")
     encoders = RetrievalEncoders.load(bundle_dir / "retrieval", features, deferred=deferred)
     try:
-        embeddings = np.load(
-            bundle_dir / "retrieval" / "video_embeddings.npy", allow_pickle=False, mmap_mode="r"
-        )
+        rows = map_embedding_rows(bundle_dir)
         ids = np.load(bundle_dir / "retrieval" / "video_ids.npy", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise BundleError(
             f"bundle {manifest.bundle_id}: cannot read retrieval/: {error}"
         ) from error
-    if embeddings.ndim != 2 or embeddings.dtype != np.float32:
+    if rows.ndim != 2 or rows.dtype != np.float32 or len(rows) < FIRST_ID_ROW:
         raise BundleError(
-            f"bundle {manifest.bundle_id}: video_embeddings.npy is {embeddings.dtype} "
-            f"{embeddings.shape}, expected float32 [n, d]"
+            f"bundle {manifest.bundle_id}: the video embeddings are {rows.dtype} "
+            f"{rows.shape}, expected float32 [n + {FIRST_ID_ROW}, d]"
         )
+    embeddings = rows[FIRST_ID_ROW:]
     dims = {
         "manifest": manifest.embedding_dim,
         "user tower": encoders.dim,
-        "video_embeddings.npy": embeddings.shape[1],
+        "video embeddings": embeddings.shape[1],
     }
     if len(set(dims.values())) != 1:
         raise BundleError(f"bundle {manifest.bundle_id}: embedding dimensions disagree: {dims}")
@@ -285,7 +318,7 @@ def _load_retrieval(
             f"({features.video_vocab.num_ids})"
         )
     logger.info("loaded retrieval of bundle %s (%d videos)", manifest.bundle_id, len(ids))
-    return RetrievalBundle(manifest, features, encoders, embeddings, ids)
+    return RetrievalBundle(manifest, features, encoders, rows, ids)
 
 
 def load_ranker(bundle_dir: str | os.PathLike[str], retrieval: RetrievalBundle) -> RankerScorer:
@@ -359,7 +392,7 @@ def load_bundle(
     """Verifies and loads a whole bundle: retrieval, ranker and index.
 
     Checks, in order: every file against the manifest's sha256; that the manifest's
-    ``embedding_dim``, the user tower's output, ``video_embeddings.npy`` and the index have one
+    ``embedding_dim``, the user tower's output, the video embeddings and the index have one
     dimension; that ``video_ids.npy`` matches the vocabulary; that the index holds exactly the
     catalogue's ids (no missing, no extra videos); and that the index's own checksums hold.
 

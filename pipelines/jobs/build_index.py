@@ -63,7 +63,12 @@ _REWRITTEN = ("config.json", BUILD_REPORT)
 _METADATA = f"serving/{METADATA_FILE}"
 _TENSORBOARD_INDEX = f"{tensorboard.TENSORBOARD_DIR}/index"
 _TENSORBOARD_PROJECTOR = f"{tensorboard.TENSORBOARD_DIR}/{tensorboard.PROJECTOR_RUN}"
-_CATALOGUE_FILES = ("retrieval/video_embeddings.npy", "retrieval/video_ids.npy")
+# An older source bundle's unpadded embeddings are rewritten padded when the catalogue changes.
+_CATALOGUE_FILES = (
+    artifacts.EMBEDDING_ROWS,
+    "retrieval/video_embeddings.npy",
+    "retrieval/video_ids.npy",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +306,12 @@ def build_index_job(
             float(np.abs(embeddings - source_embeddings).max()),
         )
     del source_embeddings
+    # A source from before the padded rows were stored gets them written (`artifacts`).
+    rewrite_catalogue = (
+        features_changed
+        or embeddings_changed
+        or not (source_dir / artifacts.EMBEDDING_ROWS).exists()
+    )
     seconds["embed"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -318,7 +329,7 @@ def build_index_job(
     started = time.perf_counter()
     build = build_and_verify(embeddings, ids, config.index, query_sets)
     seconds["index"] = time.perf_counter() - started
-    if not (features_changed or embeddings_changed):
+    if not rewrite_catalogue:
         del rows, embeddings  # the index holds its own copy; the bundle keeps the source's file
         release_memory()
 
@@ -331,7 +342,7 @@ def build_index_job(
         skip += (_TENSORBOARD_PROJECTOR,)
     if features_changed:
         skip += ("vocab",)
-    if features_changed or embeddings_changed:
+    if rewrite_catalogue:
         skip += _CATALOGUE_FILES
     job_seconds = _rounded(seconds)
     started = time.perf_counter()
@@ -342,9 +353,9 @@ def build_index_job(
             merge_video_metadata(source_dir / _METADATA, titles, staged.path / _METADATA)
         if features_changed:
             features.save(staged.path / "vocab")
-        if features_changed or embeddings_changed:
-            atomic_save_npy(staged.path / _CATALOGUE_FILES[0], embeddings)
-            atomic_save_npy(staged.path / _CATALOGUE_FILES[1], ids)
+        if rewrite_catalogue:
+            artifacts.save_embedding_rows(staged.path, rows)
+            atomic_save_npy(staged.path / "retrieval/video_ids.npy", ids)
         write_index(
             staged.path, build, {"source_bundle": manifest.bundle_id, "job_seconds": job_seconds}
         )
@@ -354,8 +365,8 @@ def build_index_job(
                 staged.path,
                 # Unchanged embeddings were let go above: the source's file is the same.
                 embeddings
-                if features_changed or embeddings_changed
-                else np.load(source_dir / _CATALOGUE_FILES[0], mmap_mode="r"),
+                if rewrite_catalogue
+                else artifacts.map_embedding_rows(source_dir)[FIRST_ID_ROW:],
                 ids,
                 read_video_metadata(staged.path / _METADATA),
                 seed=config.index.seed,

@@ -16,6 +16,7 @@ from index import VideoIndex
 from pipelines.artifacts import load_bundle
 from pipelines.cli.main import main
 from pipelines.data.datasets import read_dataset, write_dataset
+from pipelines.jobs.build_index import build_index_job
 
 NEW_VIDEO_ID = 987_654_321
 
@@ -177,6 +178,31 @@ def test_build_that_cannot_reach_the_recall_target_fails_and_writes_nothing(
     assert list(store.bundles_dir.glob(".tmp-*")) == []
 
 
+def test_a_bundle_stores_padded_embedding_rows_and_one_from_before_them_still_loads(
+    workspace, tmp_path
+):
+    store = _store(workspace)
+    current = load_bundle(store.path(store.current_id())).retrieval
+    rows = current.catalogue_rows()
+    # Mapped from the bundle as the request path indexes it: zero padding and OOV rows.
+    assert isinstance(rows, np.memmap) and not rows.flags.writeable
+    assert rows.shape == (202, 16) and not rows[:2].any()
+    np.testing.assert_array_equal(current.video_embeddings, rows[2:])
+    # A bundle written before: the videos' rows alone, in retrieval/video_embeddings.npy.
+    older = _copy_bundle(store, store.current_id(), tmp_path)
+    np.save(older / "retrieval" / "video_embeddings.npy", np.asarray(rows[2:]))
+    (older / "retrieval" / "video_embedding_rows.npy").unlink()
+    _remanifest(older)
+    loaded = load_bundle(older).retrieval
+    np.testing.assert_array_equal(loaded.catalogue_rows(), rows)
+    assert not loaded.catalogue_rows().flags.writeable
+    # build-index on the older bundle writes the padded rows.
+    result = build_index_job(store, bundle=str(older), publish=False)
+    rebuilt = result.bundle_dir / "retrieval"
+    assert (rebuilt / "video_embedding_rows.npy").exists()
+    assert not (rebuilt / "video_embeddings.npy").exists()
+
+
 def test_loader_refuses_an_index_of_another_dimension(workspace, tmp_path):
     store = _store(workspace)
     bundle_dir = _copy_bundle(store, store.current_id(), tmp_path)
@@ -194,7 +220,7 @@ def test_loader_refuses_an_index_missing_a_catalogue_video(workspace, tmp_path):
     store = _store(workspace)
     bundle_dir = _copy_bundle(store, store.current_id(), tmp_path)
     ids = np.load(bundle_dir / "retrieval" / "video_ids.npy")
-    vectors = np.load(bundle_dir / "retrieval" / "video_embeddings.npy")
+    vectors = np.load(bundle_dir / "retrieval" / "video_embedding_rows.npy")[2:]
     shutil.rmtree(bundle_dir / "index")
     VideoIndex.build(vectors[1:], ids[1:], IndexConfig(), tune=False).save(bundle_dir / "index")
     _remanifest(bundle_dir)

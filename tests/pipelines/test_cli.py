@@ -22,7 +22,7 @@ def test_train_publishes_a_verified_bundle(workspace):
     assert manifest.data["split"] == "leave_one_out"
     assert manifest.embedding_dim == 16
     assert {
-        "retrieval/video_embeddings.npy",
+        "retrieval/video_embedding_rows.npy",
         "retrieval/video_ids.npy",
         "vocab/video_ids.npy",
         "reports/retrieval_training.png",

@@ -354,7 +354,7 @@ def test_corrupted_bundle_is_refused_while_the_old_one_serves(platform, served, 
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["bundle_id"] = bad_id
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    embeddings = bad / "retrieval" / "video_embeddings.npy"
+    embeddings = bad / "retrieval" / "video_embedding_rows.npy"
     embeddings.write_bytes(embeddings.read_bytes()[:-8])
     (root / "artifacts" / "CURRENT").write_text(bad_id + "\n")
     try:

@@ -80,7 +80,7 @@ def test_train_writes_both_stages_the_index_and_the_projector(shared_bundle):
 
     reader = tf.train.load_checkpoint(str(projector))
     stored = reader.get_tensor(tensorboard._CHECKPOINT_TENSOR)
-    embeddings = np.load(bundle / "retrieval" / "video_embeddings.npy")
+    embeddings = np.load(bundle / "retrieval" / "video_embedding_rows.npy")[2:]
     ids = np.load(bundle / "retrieval" / "video_ids.npy")
     order = {int(v): i for i, v in enumerate(ids)}
     np.testing.assert_array_equal(stored, embeddings[[order[int(v)] for v in metadata["video_id"]]])
