@@ -21,7 +21,7 @@ import numpy as np
 
 from candidates import kernels
 from core.errors import BundleError
-from core.io import atomic_save_npy
+from core.io import atomic_save_npy, map_npy
 from core.vocab import FIRST_ID_ROW
 
 GRAPH_FILES: tuple[str, ...] = ("indptr", "columns", "counts", "totals")
@@ -272,7 +272,7 @@ class ItemGraph:
         for part in GRAPH_FILES:
             path = Path(directory) / f"{name}_{part}.npy"
             try:
-                arrays[part] = np.load(path, allow_pickle=False, mmap_mode="r")
+                arrays[part] = map_npy(path)
             except (OSError, ValueError) as error:
                 raise BundleError(f"cannot read candidate source {path}: {error}") from error
         indptr, columns = arrays["indptr"], arrays["columns"]

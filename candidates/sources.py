@@ -30,7 +30,7 @@ import pandas as pd
 from candidates.graph import ItemGraph
 from core.config import CANDIDATE_SOURCES, CandidatesConfig
 from core.errors import BundleError
-from core.io import atomic_save_npy, atomic_write_json
+from core.io import atomic_save_npy, atomic_write_json, map_npy
 from core.vocab import FIRST_ID_ROW, IdVocabulary
 
 logger = logging.getLogger(__name__)
@@ -274,8 +274,8 @@ class CandidateSources:
         directory = Path(directory)
         try:
             state = json.loads((directory / STATE_FILE).read_text("utf-8"))
-            popularity = np.load(directory / "popularity.npy", allow_pickle=False, mmap_mode="r")
-            upload_time = np.load(directory / "upload_time.npy", allow_pickle=False, mmap_mode="r")
+            popularity = map_npy(directory / "popularity.npy")
+            upload_time = map_npy(directory / "upload_time.npy")
         except (OSError, ValueError) as error:
             raise BundleError(
                 f"cannot read the candidate sources in {directory}: {error}"

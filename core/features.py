@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.config import FeatureConfig, config_from_dict, config_to_dict
 from core.errors import BundleError, DataError
-from core.io import atomic_save_npy, atomic_write_json
+from core.io import atomic_save_npy, atomic_write_json, map_npy
 from core.vocab import FIRST_ID_ROW, OOV_ROW, PAD_ROW, IdVocabulary
 
 NUMERIC_FEATURES: tuple[str, ...] = (
@@ -363,9 +363,7 @@ class FeatureSpace:
             meta = json.loads((directory / "feature_space.json").read_text("utf-8"))
             catalogue = VideoFeatureArrays(
                 **{
-                    f.name: np.load(
-                        directory / f"catalogue_{f.name}.npy", allow_pickle=False, mmap_mode="r"
-                    )
+                    f.name: map_npy(directory / f"catalogue_{f.name}.npy")
                     for f in dataclasses.fields(VideoFeatureArrays)
                 }
             )

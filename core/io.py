@@ -74,6 +74,20 @@ def atomic_save_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray])
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def map_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """A ``.npy`` file mapped read-only, as a plain `numpy.ndarray` view of the mapping.
+
+    Processes that map one file share its pages. Not an `numpy.memmap`: that subclass runs
+    Python code (``__getitem__``, ``__array_finalize__``) on every index and every result,
+    19,000 calls per 1,000 requests on the request path, about 75 us a request at a million
+    videos (cProfile of `Recommender.recommend`).
+
+    Raises:
+        OSError, ValueError: The file is missing or not a plain ``.npy`` array.
+    """
+    return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r"))
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

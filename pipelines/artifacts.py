@@ -33,7 +33,7 @@ from core.bundle import Manifest, verify_bundle
 from core.config import VidrecConfig, config_from_dict, config_to_dict
 from core.errors import BundleError
 from core.features import FeatureSpace
-from core.io import atomic_save_npy, atomic_write_json
+from core.io import atomic_save_npy, atomic_write_json, map_npy
 from core.training import TrainingHistory
 from core.vocab import FIRST_ID_ROW
 from index import VideoIndex
@@ -230,13 +230,13 @@ def map_embedding_rows(bundle_dir: Path) -> np.ndarray:
         OSError, ValueError: The file cannot be read as an array.
     """
     if not (bundle_dir / EMBEDDING_ROWS).exists() and (bundle_dir / _VIDEO_EMBEDDINGS).exists():
-        videos = np.load(bundle_dir / _VIDEO_EMBEDDINGS, allow_pickle=False, mmap_mode="r")
+        videos = map_npy(bundle_dir / _VIDEO_EMBEDDINGS)
         if videos.ndim != 2:
             return videos  # refused by the caller's shape check
         rows = np.vstack([np.zeros((FIRST_ID_ROW, videos.shape[1]), videos.dtype), videos])
         rows.flags.writeable = False
         return rows
-    return np.load(bundle_dir / EMBEDDING_ROWS, allow_pickle=False, mmap_mode="r")
+    return map_npy(bundle_dir / EMBEDDING_ROWS)
 
 
 @dataclasses.dataclass
