@@ -7,7 +7,8 @@
    prototype is - ``model.predict`` for both towers and the ranker, exact search with numpy -
    measured in the same run.
 3. HTTP: ``vidrec serve`` on loopback under ``wrk`` (Debian package ``wrk``) for
-   ``--http-seconds``: sustained req/s, latency p50/p99, errors.
+   ``--http-seconds``: sustained req/s, latency p50/p99, errors, and how the connections were
+   split over the workers halfway through (``ss -tnp``; `pipelines.serving.balance`).
 4. Hot swap under load: a new bundle is published while ``wrk`` runs; the server must swap
    without a failed request.
 
