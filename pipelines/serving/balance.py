@@ -5,7 +5,9 @@ worker accepts first; a keep-alive connection then stays where it landed. With w
 connections on 2 workers the split came out 2/2, 4/0 or 3/1 from one run to the next, and the
 throughput with it: 455, 328 and 301 req/s (50k-video bundle, both cores also busy with other
 jobs; `ss -tnp` during the run showed the split). At 3/1 one worker queues three clients'
-requests while the other waits for its one client. A load balancer in front of a replica holds
+requests while the other waits for its one client. On the quiet 1M-video benchmark all four
+went to one worker in three runs out of three (396-402 req/s); balanced, 778 req/s
+(``benchmarks/serving.py``, docs/design.md §9). A load balancer in front of a replica holds
 a handful of long-lived connections, which is the same situation.
 
 So each worker publishes how many connections it holds in a slot of a small file all workers
