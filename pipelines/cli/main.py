@@ -425,7 +425,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="vidrec-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         # Workers close a keep-alive connection when they hold more than their share
-        # (pipelines/serving/balance.py): the kernel alone left 3 of 4 on one worker.
+        # (pipelines/serving/balance.py): left to the kernel, all 4 of wrk's connections
+        # often landed on one worker.
         shares = create_shares_file(Path(metrics_dir) / "connections.shares", serving.workers)
         os.environ[SHARES_ENV] = str(shares)
         server["http"] = "pipelines.serving.balance:BalancedHttpToolsProtocol"

@@ -63,7 +63,8 @@ _REWRITTEN = ("config.json", BUILD_REPORT)
 _METADATA = f"serving/{METADATA_FILE}"
 _TENSORBOARD_INDEX = f"{tensorboard.TENSORBOARD_DIR}/index"
 _TENSORBOARD_PROJECTOR = f"{tensorboard.TENSORBOARD_DIR}/{tensorboard.PROJECTOR_RUN}"
-# An older source bundle's unpadded embeddings are rewritten padded when the catalogue changes.
+# The catalogue's files, left behind when they are rewritten (an older source's unpadded
+# embeddings included: a rewrite stores the padded rows).
 _CATALOGUE_FILES = (
     artifacts.EMBEDDING_ROWS,
     "retrieval/video_embeddings.npy",

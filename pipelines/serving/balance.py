@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import contextlib
 import fcntl
 import functools
 import logging
@@ -78,8 +77,7 @@ class ConnectionShares:
             # One claim at a time: two workers starting together must not take one slot.
             fcntl.flock(file, fcntl.LOCK_EX)
             try:
-                self._bytes = memoryview(self._map)
-                self._fields = self._bytes.cast("q")
+                self._fields = memoryview(self._map).cast("q")
                 self.workers = int(self._fields[0])
                 self._slot = self._claim()
             finally:
@@ -112,14 +110,6 @@ class ConnectionShares:
         fields = self._fields
         total = sum(fields[start + 1] for start in range(_HEADER, len(fields), _FIELDS))
         return fields[self._slot] > -(-total // self.workers)
-
-    def close(self) -> None:
-        """Gives the slot back."""
-        with contextlib.suppress(ValueError):  # already closed
-            self._fields[self._slot - 1] = self._fields[self._slot] = 0
-            self._fields.release()
-            self._bytes.release()
-            self._map.close()
 
 
 def _alive(pid: int) -> bool:
