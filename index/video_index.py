@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from core.config import IndexConfig
@@ -522,7 +521,6 @@ class VideoIndex:
             The directory.
         """
         with self._lock.reading():
-            data = faiss.serialize_index(self._store.index)
             labels = self._store.labels.copy()
             meta = meta_payload(
                 self._store,
@@ -532,7 +530,7 @@ class VideoIndex:
                 fingerprint=self._fingerprint,
             )
             report = self._report_payload()
-        out = write_index(directory, data, labels, meta, report)
+            out = write_index(directory, self._store.index, labels, meta, report)
         logger.info("saved %s index of %d videos to %s", self.kind, meta["count"], out)
         return out
 
