@@ -34,24 +34,13 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(target.parent)
+    atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Like `atomic_write_bytes`, for a writer that takes a file name (``faiss.write_index``):
-    the bytes go to disk as they are produced, never held whole in memory.
+    """Replaces ``path`` with what ``write`` writes at a temporary path beside it: readers see
+    the old file or the new one, never a part. A writer that takes a file name
+    (``faiss.write_index``) streams to disk instead of holding the bytes in memory.
 
     Args:
         path: The file to replace.
