@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import tempfile
 import threading
 from pathlib import Path
 
@@ -487,6 +489,32 @@ def test_auto_keeps_the_kind_with_the_fastest_single_query_at_the_target(data, t
     loaded = VideoIndex.load(index.save(tmp_path / "auto"), expected_dim=DIM)
     assert loaded.kind == index.kind
     assert loaded.report["build"]["kind_selection"] == selection
+
+
+@pytest.mark.parametrize("kinds", [("ivf_sq", "hnsw"), ("hnsw", "ivf_sq")])
+def test_auto_parks_the_best_so_far_on_disk_and_serves_it_after(
+    data, tmp_path, monkeypatch, caplog, kinds
+):
+    # Whichever kind wins is built first in one of the two orders: it waits on disk while
+    # the other builds, and comes back loaded, answering as a built index does.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    cfg = config_for("auto", flat_max_videos=1_000, candidate_kinds=kinds)
+    with caplog.at_level(logging.INFO, logger="index.video_index"):
+        index = VideoIndex.build(
+            data["embeddings"], data["ids"], cfg, tuning_queries=data["queries"]
+        )
+    selection = index.report["build"]["kind_selection"]["candidates"]
+    fastest = min(selection, key=lambda c: c["p50_ms"])
+    assert [c["kind"] for c in selection] == list(kinds)
+    assert index.kind == fastest["kind"]
+    assert index.operating_point.to_dict() == fastest["operating_point"]
+    reloaded = f"loaded {fastest['kind']} index" in caplog.text
+    assert reloaded == (fastest["kind"] == kinds[0])
+    assert f"saved {kinds[0]} index" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # the parking directory is gone
+    _, truth = exact(data, data["queries"], 100)
+    assert recall_at_k(index.search(data["queries"], 100)[1], truth, 100) >= 0.95
 
 
 def test_auto_leaves_out_a_kind_that_misses_the_target(data):
