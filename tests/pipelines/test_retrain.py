@@ -29,7 +29,9 @@ DAY = 86_400
 assert SHARED_SPLIT_AT == SPAN_START + 7 * DAY  # the cutoffs below count from it
 # The first retrain may be a hair worse than a model trained on more days: tolerate it.
 TOLERANT = tiny_sections(retrain={"min_window_users": 5, "tolerance": 0.5})
-COLD = tiny_sections(retrain={"min_window_users": 5, "warm_start": False})
+# The shuffled-label model lands only ~4% under the tiny serving bundle (0.057 against 0.060 on
+# the window); without the default 2% tolerance the margin is twice as wide.
+COLD = tiny_sections(retrain={"min_window_users": 5, "warm_start": False, "tolerance": 0.0})
 
 
 def store_late_events(path) -> EventStore:
