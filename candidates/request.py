@@ -17,7 +17,13 @@ import dataclasses
 import numpy as np
 
 from candidates import kernels
-from candidates.sources import _COLUMN, _FRESHNESS_SCALE, EVIDENCE_WIDTH, ORIGINS, CandidateSources
+from candidates.sources import (
+    EVIDENCE_COLUMN,
+    EVIDENCE_WIDTH,
+    FRESHNESS_SCALE,
+    ORIGINS,
+    CandidateSources,
+)
 from core.vocab import FIRST_ID_ROW
 
 _BITS = 1 << np.arange(len(ORIGINS), dtype=np.int64)
@@ -137,9 +143,9 @@ class RequestSources:
         """
         rows = candidates.rows
         out = np.zeros((len(rows), EVIDENCE_WIDTH), dtype=np.float32)
-        out[:, _COLUMN["retrieval_score"]] = retrieval_scores
+        out[:, EVIDENCE_COLUMN["retrieval_score"]] = retrieval_scores
         rank = candidates.retrieval_rank
-        out[:, _COLUMN["retrieval_rank"]] = np.where(
+        out[:, EVIDENCE_COLUMN["retrieval_rank"]] = np.where(
             rank >= 0, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0
         )
         for name, graph in self.graphs.items():
@@ -153,25 +159,25 @@ class RequestSources:
                 rows,
             )
             if name == "transition":
-                out[:, _COLUMN["transition_score"]] = score
-                out[:, _COLUMN["transition_last_count"]] = np.log1p(newest_count)
+                out[:, EVIDENCE_COLUMN["transition_score"]] = score
+                out[:, EVIDENCE_COLUMN["transition_last_count"]] = np.log1p(newest_count)
             elif name == "covisit":
-                out[:, _COLUMN["covisit_score"]] = score
-                out[:, _COLUMN["covisit_count"]] = np.log1p(weighted_count)
+                out[:, EVIDENCE_COLUMN["covisit_score"]] = score
+                out[:, EVIDENCE_COLUMN["covisit_count"]] = np.log1p(weighted_count)
             else:
-                out[:, _COLUMN["creator_score"]] = weighted_count
-        first = _COLUMN[f"from_{ORIGINS[0]}"]
+                out[:, EVIDENCE_COLUMN["creator_score"]] = weighted_count
+        first = EVIDENCE_COLUMN[f"from_{ORIGINS[0]}"]
         out[:, first : first + len(ORIGINS)] = candidates.origins
         held = rows < self.num_rows  # merged rows are real videos: only uploads are past
         facts = np.take(self._facts, np.where(held, rows, 0), axis=0)
-        out[:, _COLUMN["popularity"]] = facts[:, 0]
+        out[:, EVIDENCE_COLUMN["popularity"]] = facts[:, 0]
         uploaded = facts[:, 1]
         known = np.isfinite(uploaded)
         age_days = np.maximum(now - uploaded, 0.0) / 86_400
-        out[:, _COLUMN["freshness"]] = np.where(
-            known, np.log1p(np.where(known, age_days, 0.0)) / _FRESHNESS_SCALE, 0.0
+        out[:, EVIDENCE_COLUMN["freshness"]] = np.where(
+            known, np.log1p(np.where(known, age_days, 0.0)) / FRESHNESS_SCALE, 0.0
         )
-        out[:, _COLUMN["upload_known"]] = known
+        out[:, EVIDENCE_COLUMN["upload_known"]] = known
         return out
 
     def followed_watches(self, name: str, recent: np.ndarray, rows: np.ndarray) -> np.ndarray:

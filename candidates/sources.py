@@ -52,9 +52,10 @@ EVIDENCE_FEATURES: tuple[str, ...] = (
     "upload_known",
 )
 EVIDENCE_WIDTH = len(EVIDENCE_FEATURES)
-_COLUMN = {name: i for i, name in enumerate(EVIDENCE_FEATURES)}
+# Column of each feature in an evidence row (the batched and the one-user paths both write them).
+EVIDENCE_COLUMN = {name: i for i, name in enumerate(EVIDENCE_FEATURES)}
 # Freshness is log1p(age in days) scaled by ten years' worth, so it stays within [0, ~1].
-_FRESHNESS_SCALE = float(np.log1p(3_650.0))
+FRESHNESS_SCALE = float(np.log1p(3_650.0))
 STATE_FILE = "sources.json"
 TWO_STAGE = "two_stage"
 # The orders a bundle can serve its merged candidates in: the ranker's, retrieval's alone, or
@@ -206,9 +207,9 @@ class CandidateSources:
         b, k = candidates.shape
         out = np.zeros((b, k, EVIDENCE_WIDTH), dtype=np.float32)
         weights = self.recency_weights[None, :, None]
-        out[..., _COLUMN["retrieval_score"]] = retrieval_scores
+        out[..., EVIDENCE_COLUMN["retrieval_score"]] = retrieval_scores
         rank = np.asarray(retrieval_rank)
-        out[..., _COLUMN["retrieval_rank"]] = np.where(
+        out[..., EVIDENCE_COLUMN["retrieval_rank"]] = np.where(
             rank >= 0, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0
         )
         for name, graph in self.graphs.items():
@@ -222,14 +223,16 @@ class CandidateSources:
             probability = counts / np.maximum(totals, 1.0)
             score = (weights * probability).sum(axis=1)
             if name == "transition":
-                out[..., _COLUMN["transition_score"]] = score
-                out[..., _COLUMN["transition_last_count"]] = np.log1p(counts[:, 0, :])
+                out[..., EVIDENCE_COLUMN["transition_score"]] = score
+                out[..., EVIDENCE_COLUMN["transition_last_count"]] = np.log1p(counts[:, 0, :])
             elif name == "covisit":
-                out[..., _COLUMN["covisit_score"]] = score
-                out[..., _COLUMN["covisit_count"]] = np.log1p((weights * counts).sum(axis=1))
+                out[..., EVIDENCE_COLUMN["covisit_score"]] = score
+                out[..., EVIDENCE_COLUMN["covisit_count"]] = np.log1p(
+                    (weights * counts).sum(axis=1)
+                )
             else:
-                out[..., _COLUMN["creator_score"]] = (weights * counts).sum(axis=1)
-        first = _COLUMN[f"from_{ORIGINS[0]}"]
+                out[..., EVIDENCE_COLUMN["creator_score"]] = (weights * counts).sum(axis=1)
+        first = EVIDENCE_COLUMN[f"from_{ORIGINS[0]}"]
         out[..., first : first + len(ORIGINS)] = origins
         held = (candidates >= FIRST_ID_ROW) & (candidates < self.num_rows)
         safe = np.where(held, candidates, 0)
@@ -237,16 +240,16 @@ class CandidateSources:
         if upcoming is not None:
             own = (candidates[:, :, None] == np.asarray(upcoming)[:, None, :]).sum(axis=2)
             popularity = np.maximum(popularity - own, 0.0)
-        out[..., _COLUMN["popularity"]] = np.where(
+        out[..., EVIDENCE_COLUMN["popularity"]] = np.where(
             held, np.log1p(popularity) / self._log_top_popularity, 0.0
         )
         uploaded = np.where(held, self.upload_time[safe], np.nan)
         known = np.isfinite(uploaded)
         age_days = np.maximum(np.asarray(moments, np.float64)[:, None] - uploaded, 0.0) / 86_400
-        out[..., _COLUMN["freshness"]] = np.where(
-            known, np.log1p(np.where(known, age_days, 0.0)) / _FRESHNESS_SCALE, 0.0
+        out[..., EVIDENCE_COLUMN["freshness"]] = np.where(
+            known, np.log1p(np.where(known, age_days, 0.0)) / FRESHNESS_SCALE, 0.0
         )
-        out[..., _COLUMN["upload_known"]] = known
+        out[..., EVIDENCE_COLUMN["upload_known"]] = known
         return out
 
     # -- persistence ----------------------------------------------------------------------
@@ -384,11 +387,11 @@ def order_scores(evidence: np.ndarray, order: str) -> np.ndarray:
     Raises:
         ValueError: Any other order (the two-stage order is the ranker's own scores).
     """
-    retrieval = evidence[..., _COLUMN["retrieval_score"]].astype(np.float64)
+    retrieval = evidence[..., EVIDENCE_COLUMN["retrieval_score"]].astype(np.float64)
     if order == RETRIEVAL:
         return retrieval
     if order not in CANDIDATE_SOURCES:
         raise ValueError(f"no evidence order {order!r}; choose from {SERVING_ORDERS[1:]}")
     # Source scores are sums of conditional probabilities; a millionth of an inner product
     # orders the candidates a source scores alike (most score 0) without outweighing it.
-    return evidence[..., _COLUMN[f"{order}_score"]].astype(np.float64) + 1e-6 * retrieval
+    return evidence[..., EVIDENCE_COLUMN[f"{order}_score"]].astype(np.float64) + 1e-6 * retrieval
