@@ -100,8 +100,9 @@ def build_bundle(args: argparse.Namespace, root: Path) -> None:
     print(f"bundle {result.bundle_id} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def in_process(args: argparse.Namespace, root: Path) -> dict[str, object]:
-    """p50/p99 of the real request path and of the naive one, same bundle, same users."""
+def in_process(args: argparse.Namespace, root: Path, scratch: Path) -> dict[str, object]:
+    """p50/p99 of the real request path and of the naive one, same bundle, same users
+    (``scratch``: a directory for this run's empty event stores)."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -114,7 +115,9 @@ def in_process(args: argparse.Namespace, root: Path) -> dict[str, object]:
     def load(runtime: str) -> tuple[object, float]:
         config = ServingConfig(candidates=args.candidates, request_runtime=runtime)
         service = RecommenderService(
-            root / "artifacts", EventStore(Path(tempfile.mkdtemp()) / "events.db"), config
+            root / "artifacts",
+            EventStore(Path(tempfile.mkdtemp(dir=scratch)) / "events.db"),
+            config,
         )
         started = time.perf_counter()
         service.reload()
@@ -298,8 +301,10 @@ def _connections_per_worker(port: int) -> list[int]:
     return sorted(collections.Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True)
 
 
-def _wrk(port: int, seconds: int, users: np.ndarray, connections: int) -> dict[str, object]:
-    script = Path(tempfile.mkdtemp()) / "recommend.lua"
+def _wrk(
+    port: int, seconds: int, users: np.ndarray, connections: int, scratch: Path
+) -> dict[str, object]:
+    script = Path(tempfile.mkdtemp(dir=scratch)) / "recommend.lua"
     script.write_text(
         "local users = {" + ",".join(str(int(u)) for u in users) + "}\n"
         "local i = 0\n"
@@ -353,8 +358,9 @@ def _wrk(port: int, seconds: int, users: np.ndarray, connections: int) -> dict[s
     }
 
 
-def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
-    """Sustained load on loopback, then a hot swap under load."""
+def http(args: argparse.Namespace, root: Path, scratch: Path) -> dict[str, object]:
+    """Sustained load on loopback, then a hot swap under load (``scratch``: a directory for
+    the server's config and event store and wrk's script)."""
     if shutil.which("wrk") is None:
         return {"skipped": "wrk not found: apt-get install wrk"}
     from core.bundle import BundleStore
@@ -364,7 +370,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
     state = ServingState.load(store.path(store.current_id()) / "serving")
     users = np.random.default_rng(1).choice(state.history_user_ids, 2_000, replace=False)
     port = _free_port()
-    config = Path(tempfile.mkdtemp()) / "config.json"
+    config = scratch / "config.json"
     config.write_text(
         json.dumps(
             {
@@ -377,7 +383,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
             }
         )
     )
-    events = Path(tempfile.mkdtemp()) / "events.db"
+    events = scratch / "events.db"
     server_log = (root / "server.log").open("w")
     server = subprocess.Popen(
         [
@@ -400,10 +406,10 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
     try:
         if len(_wait_workers(port, args.workers, before, timeout=900)) < args.workers:
             raise RuntimeError(f"{args.workers} workers did not all become ready")
-        _wrk(port, 5, users, args.connections[0])  # warm up
+        _wrk(port, 5, users, args.connections[0], scratch)  # warm up
         sustained = []
         for connections in args.connections:
-            run = _wrk(port, args.http_seconds, users, connections)
+            run = _wrk(port, args.http_seconds, users, connections, scratch)
             print("sustained:", run, flush=True)
             sustained.append(run)
         memory_mb = _memory_mb(server.pid)
@@ -417,7 +423,7 @@ def http(args: argparse.Namespace, root: Path) -> dict[str, object]:
 
         watcher = threading.Thread(target=publish_and_watch)
         watcher.start()
-        swap = _wrk(port, args.swap_seconds, users, args.connections[0])
+        swap = _wrk(port, args.swap_seconds, users, args.connections[0], scratch)
         watcher.join()
         swap["before"], swap["after"] = before, copy_id
         swap["workers_swapped"] = len(swapped)
@@ -574,12 +580,14 @@ def main() -> int:
         return built.returncode
     result: dict[str, object] = {}
     previous = out / "serving.json"
-    if args.skip_in_process and previous.exists():
-        result["in_process"] = json.loads(previous.read_text())["in_process"]
-    else:
-        result["in_process"] = in_process(args, root)
-    print(json.dumps(result["in_process"], indent=2), flush=True)
-    result["http"] = {"skipped": "--skip-http"} if args.skip_http else http(args, root)
+    with tempfile.TemporaryDirectory(prefix="vidrec-serving-") as scratch:
+        if args.skip_in_process and previous.exists():
+            result["in_process"] = json.loads(previous.read_text())["in_process"]
+        else:
+            result["in_process"] = in_process(args, root, Path(scratch))
+        print(json.dumps(result["in_process"], indent=2), flush=True)
+        skipped = {"skipped": "--skip-http"}
+        result["http"] = skipped if args.skip_http else http(args, root, Path(scratch))
     from core.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(out / "serving.json", result)
