@@ -72,12 +72,15 @@ class CandidateSources:
         graphs: One `ItemGraph` per configured source.
         popularity: ``[R] float32`` training watches per video row.
         upload_time: ``[R] float64`` upload time in seconds per row (NaN when unknown).
+        recency_decay: Weight of each older latest watch relative to the next newer one
+            (`candidates.recency.fit_recency_decay` picks it on validation cases).
     """
 
     config: CandidatesConfig
     graphs: dict[str, ItemGraph]
     popularity: np.ndarray
     upload_time: np.ndarray
+    recency_decay: float
 
     def __post_init__(self) -> None:
         # Read by every request's evidence: a million-row maximum is not free.
@@ -126,7 +129,7 @@ class CandidateSources:
             "candidate sources: %s",
             ", ".join(f"{name} {graph.num_edges} edges" for name, graph in graphs.items()),
         )
-        return cls(config, graphs, popularity, upload_time)
+        return cls(config, graphs, popularity, upload_time, config.recency_decay)
 
     # -- reading a history ----------------------------------------------------------------
 
@@ -150,7 +153,11 @@ class CandidateSources:
     @property
     def recency_weights(self) -> np.ndarray:
         """``[m] float64``: 1 for the newest watch, times ``recency_decay`` per older one."""
-        return self.config.recency_decay ** np.arange(self.config.recent_watches, dtype=np.float64)
+        return self.recency_decay ** np.arange(self.config.recent_watches, dtype=np.float64)
+
+    def with_recency_decay(self, decay: float) -> CandidateSources:
+        """The same sources reading the latest watches with another decay."""
+        return dataclasses.replace(self, recency_decay=float(decay))
 
     def propose(
         self, recent: np.ndarray, exclude: np.ndarray, n: int | None = None
@@ -264,7 +271,11 @@ class CandidateSources:
         atomic_save_npy(directory / "upload_time.npy", self.upload_time)
         atomic_write_json(
             directory / STATE_FILE,
-            {"sources": list(self.graphs), "num_rows": self.num_rows},
+            {
+                "sources": list(self.graphs),
+                "num_rows": self.num_rows,
+                "recency_decay": self.recency_decay,
+            },
         )
 
     @classmethod
@@ -287,11 +298,19 @@ class CandidateSources:
         rows = {len(popularity), len(upload_time), *(g.num_rows for g in graphs.values())}
         if rows != {state.get("num_rows")}:
             raise BundleError(f"candidate sources in {directory} disagree on the number of videos")
+        # Bundles written before the decay was fitted read their history with the config's.
+        decay = state.get("recency_decay", config.recency_decay)
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
+            raise BundleError(
+                f"candidate sources in {directory}: recency_decay must be a number in (0, 1], "
+                f"got {decay!r}"
+            )
         return cls(
             config,
             graphs,
             popularity.astype(np.float32, copy=False),
             upload_time.astype(np.float64, copy=False),
+            float(decay),
         )
 
 

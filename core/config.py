@@ -325,21 +325,29 @@ class CandidatesConfig:
             ``covisit_window`` positions of each other, either order) and ``creator`` (the
             same creator's next upload).
         recent_watches: The latest watches a source reads; the most recent weighs most.
-        recency_decay: Weight of each older watch relative to the next newer one.
+        recency_decay: Weight of each older watch relative to the next newer one, unless
+            ``recency_decay_choices`` are given.
+        recency_decay_choices: Decays the train job compares on its validation cases (the
+            sources' own orders); the best is kept in the bundle (``candidates/sources.json``)
+            and read by every request. How far back the next watch still depends on differs
+            between platforms (a series binge hangs on the last episode, a film catalogue on
+            the last few), so it is measured rather than set. Empty: ``recency_decay``.
         per_source: Candidates each source proposes.
         source_share: Of the ranker's N candidate slots, the share the sources may take
             (`source_slots`); the index fills the rest, so retrieval alone still brings at
             least the other ``1 - source_share``.
-        max_neighbours: Strongest neighbours kept per video and source (bounds the tables).
+        max_neighbours: Strongest neighbours kept per video and source (bounds the tables:
+            at most 12 bytes per edge, 2.4 GB per source at a million dense rows).
         covisit_window: Positions apart within which two watches of a user co-visit.
     """
 
     sources: tuple[str, ...] = CANDIDATE_SOURCES
     recent_watches: int = 5
     recency_decay: float = 0.5
+    recency_decay_choices: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85)
     per_source: int = 100
     source_share: float = 1 / 3
-    max_neighbours: int = 50
+    max_neighbours: int = 200
     covisit_window: int = 5
 
     def source_slots(self, num_slots: int) -> int:
@@ -368,6 +376,8 @@ class CandidatesConfig:
             f"{f}.recency_decay",
             f"must be in (0, 1], got {self.recency_decay}",
         )
+        outside = [decay for decay in self.recency_decay_choices if not 0.0 < decay <= 1.0]
+        require(not outside, f"{f}.recency_decay_choices", f"must be in (0, 1], got {outside}")
 
 
 @dataclasses.dataclass(frozen=True)

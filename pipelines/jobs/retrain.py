@@ -253,6 +253,7 @@ def fold_in_window(
         },
         progress=progress,
         gate=stages.gate,
+        recency=stages.recency,
     )
     record = {
         "epochs": epochs,

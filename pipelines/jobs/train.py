@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from candidates import CandidateSources
+from candidates.recency import fit_recency_decay
 from candidates.sources import RETRIEVAL, TWO_STAGE
 from core.bundle import BundleStore, data_fingerprint
 from core.config import RankingConfig, RetrievalConfig, VidrecConfig
@@ -55,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 SPLIT_LEAVE_ONE_OUT = "leave_one_out"
 MAX_RANKER_VALIDATION_CASES = 2_000
+# Validation cases the sources' recency decay is chosen on (each choice reads them all).
+MAX_RECENCY_CASES = 20_000
 
 
 @dataclasses.dataclass
@@ -69,6 +72,7 @@ class TrainedStages:
         catalogue: ``[num_rows, d] float32`` video embeddings by row.
         index: The tuned and verified index.
         sources: The item-to-item candidate sources.
+        recency: How the sources' recency decay was chosen (`fit_recency_decay`'s record).
         gate: The stage gate's verdict (`stage_gate`).
         validation: Validation metrics of the kept epochs (``retrieval/...``, ``ranking/...``).
         seconds: Wall time by stage.
@@ -82,6 +86,7 @@ class TrainedStages:
     catalogue: np.ndarray
     index: index_stage.IndexBuild
     sources: CandidateSources
+    recency: dict[str, Any]
     gate: dict[str, Any]
     validation: dict[str, float]
     seconds: dict[str, float]
@@ -183,6 +188,7 @@ def train_stages(
     initial_weights: dict[str, list[np.ndarray]] | None = None,
     progress: bool = False,
     gate: dict[str, Any] | None = None,
+    recency: dict[str, Any] | None = None,
 ) -> TrainedStages:
     """Trains retrieval, builds the index, then trains the ranker on the merged candidates.
 
@@ -196,6 +202,8 @@ def train_stages(
         progress: Show progress bars.
         gate: A stage gate verdict to keep instead of judging again (the retrain's fold-in
             trains on its validation events, so they cannot judge it).
+        recency: A recency decay record to keep instead of fitting one on ``validation``
+            (`fit_recency_decay`; the fold-in again).
 
     Raises:
         IndexBuildError: The index cannot reach its recall target.
@@ -204,6 +212,10 @@ def train_stages(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     sources = CandidateSources.build(train, videos, features.video_vocab, config.candidates)
+    if recency is None:
+        sources, recency = _fit_recency(sources, validation, features, config)
+    else:
+        sources = sources.with_recency_decay(recency["recency_decay"])
     seconds["candidate_sources"] = time.perf_counter() - started
     strategy = make_strategy()
     consensus = chief_consensus(strategy)
@@ -281,10 +293,28 @@ def train_stages(
         catalogue,
         index,
         sources,
+        recency,
         gate,
         scores,
         seconds,
         len(train),
+    )
+
+
+def _fit_recency(
+    sources: CandidateSources,
+    validation: EvalCases,
+    features: FeatureSpace,
+    config: VidrecConfig,
+) -> tuple[CandidateSources, dict[str, Any]]:
+    """`fit_recency_decay` on (a sample of) the validation cases, each with its first target."""
+    sample = np.random.default_rng(config.ranking.seed).permutation(len(validation))
+    cases = validation.subset(np.sort(sample[:MAX_RECENCY_CASES]))
+    history_rows, _ = features.history_matrix([cases.history(i) for i in range(len(cases))])
+    targets = features.video_vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
+    known = targets >= FIRST_ID_ROW
+    return fit_recency_decay(
+        sources, history_rows[known], targets[known], config.candidates.recency_decay_choices
     )
 
 
@@ -340,7 +370,12 @@ def write_bundle(
                 "training_events": stages.training_events,
                 "indexed_videos": stages.index.index.count,
             },
-            metrics={**metrics, "index": stages.index.summary, "stage_gate": stages.gate},
+            metrics={
+                **metrics,
+                "index": stages.index.summary,
+                "stage_gate": stages.gate,
+                "recency": stages.recency,
+            },
         )
         return staged.bundle_id, bundle_dir
 

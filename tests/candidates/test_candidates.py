@@ -1,11 +1,14 @@
 """Item-to-item candidate sources against hand-computed answers: counting, pruning, lookups,
 proposals, the merge into N slots, the evidence and its leave-own-pair-out for training."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from candidates import EVIDENCE_FEATURES, ORIGINS, CandidateSources, ItemGraph, merge_candidates
+from candidates.recency import fit_recency_decay
 from candidates.sources import order_scores
 from core.config import CandidatesConfig
 from core.errors import BundleError, ConfigError
@@ -187,11 +190,72 @@ def test_sources_round_trip_and_refuse_disagreeing_files(tmp_path):
         CandidateSources.load(tmp_path, CandidatesConfig())
 
 
+def test_the_fitted_recency_decay_is_stored_and_read_back(tmp_path):
+    interactions, videos, vocab = platform()
+    sources = CandidateSources.build(interactions, videos, vocab, CandidatesConfig())
+    assert sources.recency_decay == CandidatesConfig().recency_decay
+    sources.with_recency_decay(0.7).save(tmp_path)
+    loaded = CandidateSources.load(tmp_path, CandidatesConfig(recency_decay=0.5))
+    assert loaded.recency_decay == 0.7
+    np.testing.assert_allclose(loaded.recency_weights, 0.7 ** np.arange(5))
+    state = json.loads((tmp_path / "sources.json").read_text())
+    # A bundle from before the fit reads histories with its config's decay.
+    del state["recency_decay"]
+    (tmp_path / "sources.json").write_text(json.dumps(state))
+    assert CandidateSources.load(tmp_path, CandidatesConfig(recency_decay=0.4)).recency_decay == 0.4
+    for bad in (0, 1.5, "0.7", True):
+        (tmp_path / "sources.json").write_text(json.dumps({**state, "recency_decay": bad}))
+        with pytest.raises(BundleError, match=r"recency_decay must be a number in \(0, 1\]"):
+            CandidateSources.load(tmp_path, CandidatesConfig())
+
+
+def decay_sources() -> CandidateSources:
+    # a=2 -> x=5, b=3 -> y=6, c=4 -> y=6: one edge out of each, so every probability is 1.
+    transition = ItemGraph.from_pairs(np.array([2, 3, 4]), np.array([5, 6, 6]), 7, 5)
+    config = CandidatesConfig(sources=("transition",), recent_watches=3)
+    return CandidateSources(
+        config, {"transition": transition}, np.zeros(7, np.float32), np.full(7, np.nan), 0.5
+    )
+
+
+def test_recency_decay_is_picked_by_the_sources_ndcg_on_validation():
+    sources = decay_sources()
+    # Watched c, b, then a. x scores 1 (after a); y scores d + d^2 (after b and c), above 1
+    # only for d > 0.618: y is the top proposal at 0.7 and second at 0.5.
+    history = np.array([[0, 4, 3, 2]])
+    fitted, record = fit_recency_decay(sources, history, np.array([6]), (0.5, 0.7))
+    second = round(1 / np.log2(3), 5)
+    assert record == {
+        "recency_decay": 0.7,
+        "validation_ndcg@10": {"0.5": {"transition": second}, "0.7": {"transition": 1.0}},
+        "cases": 1,
+    }
+    assert fitted.recency_decay == 0.7 and sources.recency_decay == 0.5
+    # A second case that wants x evens them out: the first of equal choices is kept.
+    fitted, record = fit_recency_decay(
+        sources, np.repeat(history, 2, axis=0), np.array([6, 5]), (0.5, 0.7)
+    )
+    assert record["recency_decay"] == 0.5 and fitted.recency_decay == 0.5
+    # Without choices (or cases) the sources keep their decay.
+    assert fit_recency_decay(sources, history, np.array([6]), ())[0] is sources
+    assert fit_recency_decay(sources, history[:0], np.array([], np.int64), (0.7,))[0] is sources
+
+
+def test_ties_with_the_target_count_against_it_when_the_decay_is_fitted():
+    # Watched b, then a, at decay 1: x (after a) and y (after b) both score 1, and the tie
+    # puts the target y second.
+    sources = decay_sources()
+    _, record = fit_recency_decay(sources, np.array([[3, 2]]), np.array([6]), (1.0,))
+    assert record["validation_ndcg@10"] == {"1.0": {"transition": round(1 / np.log2(3), 5)}}
+
+
 def test_config_names_the_field_to_fix():
     with pytest.raises(ConfigError, match=r"candidates.sources: unknown \['episodes'\]"):
         CandidatesConfig(sources=("episodes",))
     with pytest.raises(ConfigError, match=r"candidates\.recency_decay: must be in"):
         CandidatesConfig(recency_decay=0.0)
+    with pytest.raises(ConfigError, match=r"candidates\.recency_decay_choices: .*got \[1\.5\]"):
+        CandidatesConfig(recency_decay_choices=(0.5, 1.5))
 
 
 def test_one_request_reads_the_same_counts_as_a_batch():

@@ -96,7 +96,7 @@ def sources_of(num_rows, seed):
     popularity = rng.integers(0, 50, num_rows).astype(np.float32)
     upload_time = rng.uniform(0, 1e6, num_rows)
     upload_time[rng.random(num_rows) < 0.2] = np.nan
-    return CandidateSources(CandidatesConfig(per_source=30), graphs, popularity, upload_time)
+    return CandidateSources(CandidatesConfig(per_source=30), graphs, popularity, upload_time, 0.5)
 
 
 def test_one_request_proposes_and_describes_as_the_batch_does():
@@ -160,7 +160,7 @@ def test_followed_watch_is_the_strongest_edge_and_the_newest_on_ties():
     )
     config = CandidatesConfig(sources=("covisit",), recent_watches=3)
     sources = CandidateSources(
-        config, {"covisit": graph}, np.zeros(9, np.float32), np.full(9, np.nan)
+        config, {"covisit": graph}, np.zeros(9, np.float32), np.full(9, np.nan), 0.5
     )
     request = RequestSources(sources)
     rows = np.array([5, 6, 8, 12])  # 8: no edge; 12: an upload past the graph

@@ -173,6 +173,13 @@ def test_retrain_publishes_a_warm_started_bundle_and_rerun_is_idempotent(
     assert manifest.metrics["stage_gate"]["order"] == max(
         judged, key=lambda order: (judged[order], order == "two_stage")
     )
+    # So was the sources' recency decay, and the fold-in keeps it too.
+    recency = manifest.metrics["recency"]
+    mean = {d: np.mean(list(v.values())) for d, v in recency["validation_ndcg@10"].items()}
+    assert set(mean) == {"0.3", "0.5", "0.7", "0.85"}
+    assert recency["recency_decay"] == float(max(mean, key=lambda decay: mean[decay]))
+    state = json.loads((store.path(bundle_id) / "candidates" / "sources.json").read_text())
+    assert state["recency_decay"] == recency["recency_decay"]
     report = (store.path(bundle_id) / "reports" / "retrain.md").read_text()
     assert "| ndcg@10 |" in report and "published" in report
     assert "Fold-in: after the gate, 1 more epoch(s)" in report
