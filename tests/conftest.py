@@ -8,7 +8,9 @@ clear reason when it is absent.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data").resolve()
+CHILDREN_TMPDIR = pytest.StashKey[tuple[Path, str | None]]()
 
 # `python -m pytest` puts the checkout on sys.path; a bare `pytest` of a non-installed checkout
 # does not, so make both work.
@@ -41,7 +44,26 @@ def pytest_collection_modifyitems(config, items):
     background.start(config, items)
 
 
+def pytest_configure(config):
+    """Gives every process the tests start a temporary directory of the session's own.
+
+    Several tests kill a job or a server on purpose; TensorFlow's autograph leaves its
+    generated files behind in a killed process's temporary directory, and they would pile up
+    in ``/tmp`` session after session. This process keeps its own (``tmp_path`` lives there).
+    """
+    tempfile.gettempdir()  # cached now, so only the children see the new TMPDIR
+    children = Path(tempfile.mkdtemp(prefix="vidrec-test-children-"))
+    config.stash[CHILDREN_TMPDIR] = (children, os.environ.get("TMPDIR"))
+    os.environ["TMPDIR"] = str(children)
+
+
 def pytest_unconfigure(config):
     from tests import background
 
     background.stop(config)
+    children, previous = config.stash[CHILDREN_TMPDIR]
+    shutil.rmtree(children, ignore_errors=True)
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
