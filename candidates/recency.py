@@ -14,10 +14,12 @@ best mean NDCG@10 over the sources.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 from candidates.sources import CandidateSources
+from core.metrics import list_metrics
 from core.vocab import FIRST_ID_ROW
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ _CHUNK = 2_048
 
 def fit_recency_decay(
     sources: CandidateSources,
-    history_rows: np.ndarray,
+    histories: Sequence[np.ndarray],
     target_rows: np.ndarray,
     choices: tuple[float, ...],
 ) -> tuple[CandidateSources, dict[str, object]]:
@@ -36,7 +38,9 @@ def fit_recency_decay(
 
     Args:
         sources: Counted sources (their decay is the one kept without choices or cases).
-        history_rows: ``[b, L] int64`` validation histories, oldest first, left-padded with 0.
+        histories: Per validation case, ``[h] int64`` the rows of every video it watched,
+            oldest first: the latest are what the sources read, and none is proposed (as at
+            request time).
         target_rows: ``[b] int64`` the watch that followed each history.
         choices: Decays to compare; the first of equally good ones wins.
 
@@ -44,22 +48,27 @@ def fit_recency_decay(
         ``(sources with the kept decay, record)``; the record holds ``recency_decay``, each
         choice's ``validation_ndcg@10`` per source and the number of ``cases``.
     """
-    history_rows = np.asarray(history_rows, dtype=np.int64)
     target_rows = np.asarray(target_rows, dtype=np.int64)
     if not choices or not len(target_rows) or not sources.graphs:
         return sources, {"recency_decay": sources.recency_decay, "cases": len(target_rows)}
     figures: dict[str, dict[str, float]] = {}
     for decay in choices:
         candidate = sources.with_recency_decay(decay)
-        gains: dict[str, list[np.ndarray]] = {name: [] for name in sources.graphs}
+        total = dict.fromkeys(sources.graphs, 0.0)
         # In chunks: a batch of proposals holds every edge of every latest watch at once.
         for start in range(0, len(target_rows), _CHUNK):
-            histories = history_rows[start : start + _CHUNK]
-            proposals = candidate.propose(candidate.recent(histories), histories)
+            watched = _left_padded(histories[start : start + _CHUNK])
+            targets = target_rows[start : start + _CHUNK]
+            proposals = candidate.propose(candidate.recent(watched), watched)
             for name, (rows, scores) in proposals.items():
-                gains[name].append(_gains(rows, scores, target_rows[start : start + _CHUNK]))
+                found = rows == targets[:, None]
+                column = np.where(found.any(axis=1), found.argmax(axis=1), -1)
+                # Padding (row 0) never outranks a proposal, nor ties with one.
+                ranked = np.where(rows >= FIRST_ID_ROW, scores, -np.inf)
+                ndcg = list_metrics(ranked, column, k=_CUTOFF)[f"ndcg@{_CUTOFF}"]
+                total[name] += ndcg * len(targets)
         figures[str(decay)] = {
-            name: round(float(np.concatenate(parts).mean()), 5) for name, parts in gains.items()
+            name: round(value / len(target_rows), 5) for name, value in total.items()
         }
     mean = {key: float(np.mean(list(by_source.values()))) for key, by_source in figures.items()}
     best = max(mean, key=lambda key: mean[key])
@@ -77,13 +86,10 @@ def fit_recency_decay(
     return sources.with_recency_decay(float(best)), record
 
 
-def _gains(rows: np.ndarray, scores: np.ndarray, target_rows: np.ndarray) -> np.ndarray:
-    """``[b] float64`` NDCG@10 of each list of proposals ``rows``/``scores [b, n]`` (best
-    first) for its one target, ties counted against the target."""
-    proposed = rows >= FIRST_ID_ROW
-    found = proposed & (rows == target_rows[:, None])
-    hit = found.any(axis=1)
-    target_score = np.where(found, scores, -np.inf).max(axis=1)
-    rank = (proposed & (scores >= target_score[:, None])).sum(axis=1)
-    gain = np.where(hit & (rank <= _CUTOFF), 1.0 / np.log2(np.maximum(rank, 1) + 1.0), 0.0)
-    return gain
+def _left_padded(histories: Sequence[np.ndarray]) -> np.ndarray:
+    """``[b, longest] int64`` the histories right-aligned, 0 before the shorter ones."""
+    out = np.zeros((len(histories), max((len(h) for h in histories), default=0)), np.int64)
+    for i, rows in enumerate(histories):
+        if len(rows):
+            out[i, -len(rows) :] = rows
+    return out

@@ -50,6 +50,21 @@ def target_ranks(
     return ranks
 
 
+def list_metrics(scores: np.ndarray, target: np.ndarray, k: int = 10) -> dict[str, float]:
+    """HR@k and NDCG@k of reranked lists whose watched video is at column ``target`` (-1: absent).
+
+    Ties count against the target.
+    """
+    present = target >= 0
+    rows = np.flatnonzero(present)
+    target_scores = scores[rows, target[rows]]
+    ranks = np.zeros(len(scores), dtype=np.int64)
+    ranks[rows] = (scores[rows] >= target_scores[:, None]).sum(axis=1)
+    hit = present & (ranks <= k) & (ranks >= 1)
+    gain = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
+    return {f"hr@{k}": float(hit.mean()), f"ndcg@{k}": float(gain.mean())}
+
+
 def metrics_from_ranks(
     ranks: Sequence[np.ndarray], ks: Sequence[int], ns: Sequence[int] = ()
 ) -> dict[str, float]:

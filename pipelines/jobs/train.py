@@ -28,6 +28,7 @@ from candidates.sources import RETRIEVAL, TWO_STAGE
 from core.bundle import BundleStore, data_fingerprint
 from core.config import RankingConfig, RetrievalConfig, VidrecConfig
 from core.features import FeatureSpace, engagement_labels
+from core.metrics import list_metrics
 from core.schema import Dataset
 from core.splits import EvalCases, leave_one_out
 from core.vocab import FIRST_ID_ROW
@@ -48,7 +49,7 @@ from pipelines.jobs.weights import save_weights
 from pipelines.serving.metadata import METADATA_FILE, write_video_metadata
 from pipelines.serving.state import build_serving_state
 from ranking.inputs import CandidateLists
-from ranking.train import TrainedRanker, list_metrics, train_ranker
+from ranking.train import TrainedRanker, train_ranker
 from retrieval.encoders import RetrievalEncoders
 from retrieval.train import TrainedRetrieval, train_retrieval
 
@@ -310,11 +311,15 @@ def _fit_recency(
     """`fit_recency_decay` on (a sample of) the validation cases, each with its first target."""
     sample = np.random.default_rng(config.ranking.seed).permutation(len(validation))
     cases = validation.subset(np.sort(sample[:MAX_RECENCY_CASES]))
-    history_rows, _ = features.history_matrix([cases.history(i) for i in range(len(cases))])
-    targets = features.video_vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
-    known = targets >= FIRST_ID_ROW
+    vocab = features.video_vocab
+    histories = [vocab.lookup(cases.history(i)) for i in range(len(cases))]
+    targets = vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
+    known = np.flatnonzero(targets >= FIRST_ID_ROW)
     return fit_recency_decay(
-        sources, history_rows[known], targets[known], config.candidates.recency_decay_choices
+        sources,
+        [histories[i][histories[i] >= FIRST_ID_ROW] for i in known],
+        targets[known],
+        config.candidates.recency_decay_choices,
     )
 
 

@@ -222,7 +222,7 @@ def test_recency_decay_is_picked_by_the_sources_ndcg_on_validation():
     sources = decay_sources()
     # Watched c, b, then a. x scores 1 (after a); y scores d + d^2 (after b and c), above 1
     # only for d > 0.618: y is the top proposal at 0.7 and second at 0.5.
-    history = np.array([[0, 4, 3, 2]])
+    history = [np.array([4, 3, 2])]
     fitted, record = fit_recency_decay(sources, history, np.array([6]), (0.5, 0.7))
     second = round(1 / np.log2(3), 5)
     assert record == {
@@ -232,20 +232,22 @@ def test_recency_decay_is_picked_by_the_sources_ndcg_on_validation():
     }
     assert fitted.recency_decay == 0.7 and sources.recency_decay == 0.5
     # A second case that wants x evens them out: the first of equal choices is kept.
-    fitted, record = fit_recency_decay(
-        sources, np.repeat(history, 2, axis=0), np.array([6, 5]), (0.5, 0.7)
-    )
+    fitted, record = fit_recency_decay(sources, history * 2, np.array([6, 5]), (0.5, 0.7))
     assert record["recency_decay"] == 0.5 and fitted.recency_decay == 0.5
+    # A video watched long before the latest three is never proposed, as at request time:
+    # y watched first leaves x alone at the top whatever the decay.
+    _, record = fit_recency_decay(sources, [np.array([6, 4, 3, 2])], np.array([5]), (0.7,))
+    assert record["validation_ndcg@10"] == {"0.7": {"transition": 1.0}}
     # Without choices (or cases) the sources keep their decay.
     assert fit_recency_decay(sources, history, np.array([6]), ())[0] is sources
-    assert fit_recency_decay(sources, history[:0], np.array([], np.int64), (0.7,))[0] is sources
+    assert fit_recency_decay(sources, [], np.array([], np.int64), (0.7,))[0] is sources
 
 
 def test_ties_with_the_target_count_against_it_when_the_decay_is_fitted():
     # Watched b, then a, at decay 1: x (after a) and y (after b) both score 1, and the tie
     # puts the target y second.
     sources = decay_sources()
-    _, record = fit_recency_decay(sources, np.array([[3, 2]]), np.array([6]), (1.0,))
+    _, record = fit_recency_decay(sources, [np.array([3, 2])], np.array([6]), (1.0,))
     assert record["validation_ndcg@10"] == {"1.0": {"transition": round(1 / np.log2(3), 5)}}
 
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from core.metrics import evaluate_scorer, metrics_from_ranks, target_ranks
+from core.metrics import evaluate_scorer, list_metrics, metrics_from_ranks, target_ranks
 from core.splits import EvalCases
 from core.vocab import IdVocabulary
 
@@ -85,3 +85,12 @@ def test_scorer_with_wrong_shape_is_refused():
     cases = _cases(histories=[[1]], targets=[[2]])
     with pytest.raises(ValueError, match=r"scorer returned shape \(1, 2\), expected \(1, 3\)"):
         evaluate_scorer(lambda c: np.zeros((1, 2), np.float32), cases, vocab)
+
+
+def test_list_metrics_by_hand():
+    scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1], [0.5, 0.5, 0.4]])
+    target = np.array([2, -1, 1])
+    m = list_metrics(scores, target, k=2)
+    # Case 0: target ranks 2nd; case 1: retrieval missed it; case 2: tie counts against it.
+    assert m["hr@2"] == pytest.approx(2 / 3)
+    assert m["ndcg@2"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(3)) / 3)

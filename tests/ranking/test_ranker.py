@@ -24,7 +24,7 @@ from pipelines.jobs.ranking_data import case_lists, training_lists
 from ranking.encoders import RankerScorer
 from ranking.inputs import UNKNOWN_ENGAGEMENT
 from ranking.request import RequestScorer
-from ranking.train import list_metrics, train_ranker
+from ranking.train import train_ranker
 from retrieval.train import train_retrieval
 
 HISTORY = 8
@@ -253,12 +253,3 @@ def test_ranker_keeps_its_best_epoch(stages):
     assert history.best.validation["ndcg@10"] == max(
         e.validation["ndcg@10"] for e in history.epochs
     )
-
-
-def test_list_metrics_by_hand():
-    scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1], [0.5, 0.5, 0.4]])
-    target = np.array([2, -1, 1])
-    m = list_metrics(scores, target, k=2)
-    # Case 0: target ranks 2nd; case 1: retrieval missed it; case 2: tie counts against it.
-    assert m["hr@2"] == pytest.approx(2 / 3)
-    assert m["ndcg@2"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(3)) / 3)
