@@ -7,8 +7,8 @@ right for all of them. Co-visitation alone, test NDCG@10 at decays 0.5 and 0.7 (
 200 neighbours per video; validation moved the same way): ml-100k 0.115 and 0.119,
 ml-latest-small 0.075 and 0.078, the synthetic platform of the demo 0.187 and 0.179, where the
 next episode hangs on the last watch alone. So the train job measures it: each candidate decay
-on the validation cases, each source ranking its own proposals, and keeps the one with the
-best mean NDCG@10 over the sources.
+on the validation cases, each source ranking its own proposals with every watched video left
+out (as a request does), and keeps the one with the best mean NDCG@10 over the sources.
 """
 
 from __future__ import annotations

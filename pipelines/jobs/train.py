@@ -313,7 +313,9 @@ def _fit_recency(
     cases = validation.subset(np.sort(sample[:MAX_RECENCY_CASES]))
     vocab = features.video_vocab
     histories = [vocab.lookup(cases.history(i)) for i in range(len(cases))]
-    targets = vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1]])
+    has_target = np.diff(cases.target_indptr) > 0
+    targets = np.zeros(len(cases), dtype=np.int64)
+    targets[has_target] = vocab.lookup(cases.target_video_ids[cases.target_indptr[:-1][has_target]])
     known = np.flatnonzero(targets >= FIRST_ID_ROW)
     return fit_recency_decay(
         sources,
