@@ -20,6 +20,13 @@ parent, so the child sees to it itself:
   function to call, and TensorFlow with it, is imported with the first call. A parent that died
   even earlier is caught by comparing the parent pid once they are armed.
 
+Leaving the child is always a kill, so nothing of its own clean-up runs either: TensorFlow's
+autograph writes a ``__autograph_generated_file*.py`` per converted function and removes them
+only at a normal interpreter exit (``atexit``). Three were left in ``/tmp`` per ``vidrec
+train``. The child therefore gets a temporary directory of its own (its ``tempfile`` and
+``TMPDIR``), and the parent removes it once it has reaped the child (a parent killed
+outright leaves it behind, as it leaves its own files).
+
 This module imports nothing heavy itself, so that importing `_child_main` costs nothing.
 """
 
@@ -29,8 +36,10 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -84,6 +93,7 @@ class ChildProcess:
         self.pdeathsig = pdeathsig
         self._process: multiprocessing.process.BaseProcess | None = None
         self._connection: Connection | None = None
+        self._scratch: str | None = None
         self._calling = threading.Lock()
 
     @property
@@ -97,9 +107,10 @@ class ChildProcess:
             return
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
+        self._scratch = tempfile.mkdtemp(prefix=f"{self.name}-")
         process = context.Process(
             target=_child_main,
-            args=(theirs, os.getpid(), self.pdeathsig),
+            args=(theirs, os.getpid(), self.pdeathsig, self._scratch),
             name=self.name,
             daemon=True,  # a normal interpreter exit terminates it too
         )
@@ -140,6 +151,9 @@ class ChildProcess:
             # Nothing in the child is worth waiting for: its result would be thrown away.
             process.kill()
         process.join(JOIN_SECONDS)
+        if self._scratch is not None and process.exitcode is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
         # A call blocked in another thread holds the connection; it sees EOF and ends.
         if self._calling.acquire(blocking=False):
             try:
@@ -195,9 +209,12 @@ def close_all() -> int:
 # -- in the child ---------------------------------------------------------------------------
 
 
-def _child_main(connection: Connection, parent_pid: int, pdeathsig: bool) -> None:
-    """The child's body: arm the death watch, then answer calls until the pipe closes."""
+def _child_main(connection: Connection, parent_pid: int, pdeathsig: bool, scratch: str) -> None:
+    """The child's body: arm the death watch, keep temporary files in ``scratch``, then
+    answer calls until the pipe closes."""
     _die_with_parent(parent_pid, pdeathsig)
+    tempfile.tempdir = scratch
+    os.environ["TMPDIR"] = scratch
     # Ctrl-C reaches the whole process group; the parent decides what happens (it kills us).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:

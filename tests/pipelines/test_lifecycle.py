@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -659,6 +660,20 @@ def test_child_process_calls_and_errors():
         assert child.call(operator.mul, 6, 7) == 42  # it goes on after an error
         pid = child.pid
     assert _stat(pid) is None  # killed and reaped on leaving the block
+
+
+def test_a_killed_child_leaves_no_temporary_files():
+    # TensorFlow's autograph writes a file per converted function with mkstemp's kind of call
+    # and removes it only at a normal exit, which a killed child never reaches.
+    with ChildProcess("test-child") as child:
+        scratch = child.call(tempfile.gettempdir)
+        _, written = child.call(tempfile.mkstemp)
+        assert Path(written).parent == Path(scratch)
+        assert Path(scratch).parent == Path(tempfile.gettempdir())  # not the parent's own
+        assert Path(scratch).name.startswith("test-child-")
+        assert child.call(os.getenv, "TMPDIR") == scratch  # for the child's own children
+        assert Path(written).is_file()
+    assert not Path(scratch).exists()
 
 
 def test_closing_a_child_from_another_thread_ends_a_call_in_progress():
