@@ -51,25 +51,26 @@ def fit_recency_decay(
     target_rows = np.asarray(target_rows, dtype=np.int64)
     if not choices or not len(target_rows) or not sources.graphs:
         return sources, {"recency_decay": sources.recency_decay, "cases": len(target_rows)}
-    figures: dict[str, dict[str, float]] = {}
-    for decay in choices:
-        candidate = sources.with_recency_decay(decay)
-        total = dict.fromkeys(sources.graphs, 0.0)
-        # In chunks: a batch of proposals holds every edge of every latest watch at once.
-        for start in range(0, len(target_rows), _CHUNK):
-            watched = _left_padded(histories[start : start + _CHUNK])
-            targets = target_rows[start : start + _CHUNK]
-            proposals = candidate.propose(candidate.recent(watched), watched)
-            for name, (rows, scores) in proposals.items():
+    candidates = {str(decay): sources.with_recency_decay(decay) for decay in choices}
+    totals = {key: dict.fromkeys(sources.graphs, 0.0) for key in candidates}
+    # In chunks: a batch of proposals holds every edge of every latest watch at once. The
+    # latest watches do not depend on the decay, only their weights do.
+    for start in range(0, len(target_rows), _CHUNK):
+        watched = _left_padded(histories[start : start + _CHUNK])
+        targets = target_rows[start : start + _CHUNK]
+        recent = sources.recent(watched)
+        for key, candidate in candidates.items():
+            for name, (rows, scores) in candidate.propose(recent, watched).items():
                 found = rows == targets[:, None]
                 column = np.where(found.any(axis=1), found.argmax(axis=1), -1)
                 # Padding (row 0) never outranks a proposal, nor ties with one.
                 ranked = np.where(rows >= FIRST_ID_ROW, scores, -np.inf)
                 ndcg = list_metrics(ranked, column, k=_CUTOFF)[f"ndcg@{_CUTOFF}"]
-                total[name] += ndcg * len(targets)
-        figures[str(decay)] = {
-            name: round(value / len(target_rows), 5) for name, value in total.items()
-        }
+                totals[key][name] += ndcg * len(targets)
+    figures = {
+        key: {name: round(value / len(target_rows), 5) for name, value in total.items()}
+        for key, total in totals.items()
+    }
     mean = {key: float(np.mean(list(by_source.values()))) for key, by_source in figures.items()}
     best = max(mean, key=lambda key: mean[key])
     logger.info(
